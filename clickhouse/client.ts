@@ -1,0 +1,77 @@
+// One way to ClickHouse for all of keywatch: `@clickhouse/client`, talking either to a server (CLICKHOUSE_URL)
+// or to the engine embedded in-process by chdb (the default), so every query runs the same code path.
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { createClient, type ClickHouseClient } from '@clickhouse/client'
+import type { Config } from '../config/config.ts'
+
+export type { ClickHouseClient }
+
+/** The embedded data directory is owned by another process (one engine per directory). */
+export class DataDirLockedError extends Error {
+  readonly retriable = false
+  constructor(readonly dataDir: string, readonly holderPid: number | undefined) {
+    super(
+      `the data directory ${dataDir} is held by another keywatch process` +
+        (holderPid ? ` (pid ${holderPid})` : '') +
+        '; stop it, point KEYWATCH_DATA_DIR elsewhere, or set CLICKHOUSE_URL to use a ClickHouse server',
+    )
+    this.name = 'DataDirLockedError'
+  }
+}
+
+export interface Storage {
+  client: ClickHouseClient
+  database: string
+  mode: 'server' | 'embedded'
+  close(): Promise<void>
+}
+
+export async function openStorage(config: Config['clickhouse']): Promise<Storage> {
+  if (config.mode === 'server') {
+    // The database may not exist yet: create it with a client that does not select it.
+    const bootstrap = createClient({ url: config.url, username: config.user, password: config.password })
+    try {
+      await bootstrap.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
+    } finally {
+      await bootstrap.close()
+    }
+    const client = createClient({
+      url: config.url,
+      username: config.user,
+      password: config.password,
+      database: config.database,
+      clickhouse_settings: { date_time_input_format: 'best_effort' },
+    })
+    return { client, database: config.database, mode: 'server', close: () => client.close() }
+  }
+
+  const { createChdbConnection } = await import('chdb/connection')
+  let connection
+  try {
+    connection = createChdbConnection({ path: config.dataDir })
+  } catch (err) {
+    const text = String((err as Error)?.message) + String((err as { cause?: Error })?.cause?.message)
+    if (/Cannot lock file|Another server instance/i.test(text)) throw new DataDirLockedError(config.dataDir, enginePid(config.dataDir))
+    throw err
+  }
+  const client = createClient({ connection, clickhouse_settings: { date_time_input_format: 'best_effort' } })
+  // The chdb connection is one session: USE sticks for every later query on it.
+  await client.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
+  await client.command({ query: `USE ${config.database}` }) // identifier validated by the config schema
+  return { client, database: config.database, mode: 'embedded', close: () => client.close() }
+}
+
+/** The engine writes its pid into `status` while it holds the directory. */
+function enginePid(dataDir: string): number | undefined {
+  const status = join(dataDir, 'status')
+  if (!existsSync(status)) return undefined
+  const m = /PID:\s*(\d+)/.exec(readFileSync(status, 'utf8'))
+  return m ? Number(m[1]) : undefined
+}
+
+/** Runs a query and returns its rows (JSONEachRow). */
+export async function queryRows<T>(client: ClickHouseClient, query: string, params: Record<string, unknown> = {}): Promise<T[]> {
+  const rs = await client.query({ query, query_params: params, format: 'JSONEachRow' })
+  return rs.json<T>()
+}

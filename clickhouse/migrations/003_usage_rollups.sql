@@ -1,0 +1,127 @@
+-- Per-key rollups kept by materialized views, so detectors and the API never rescan raw usage.
+-- Read them with GROUP BY and the -Merge / sum functions: rows of one key and bucket merge in the background.
+
+CREATE TABLE IF NOT EXISTS key_usage_hourly
+(
+    account_id        LowCardinality(String),
+    key_id            String,
+    hour              DateTime('UTC'),
+    requests          SimpleAggregateFunction(sum, UInt64),
+    accepted          SimpleAggregateFunction(sum, UInt64) COMMENT 'status < 400',
+    rate_limited      SimpleAggregateFunction(sum, UInt64) COMMENT 'status 429',
+    by_status         SimpleAggregateFunction(sumMap, Map(UInt16, UInt64)),
+    write_requests    SimpleAggregateFunction(sum, UInt64) COMMENT 'POST PUT PATCH DELETE',
+    client_side       SimpleAggregateFunction(sum, UInt64) COMMENT 'requests that carried an Origin',
+    amount_minor      SimpleAggregateFunction(sumMap, Map(String, UInt64)) COMMENT 'accepted money movement by currency',
+    first_used_at     SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_used_at      SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    ips               AggregateFunction(uniq, String),
+    countries         AggregateFunction(uniq, Nullable(String)),
+    asns              AggregateFunction(uniq, Nullable(UInt32))
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (account_id, key_id, hour)
+TTL hour + INTERVAL 400 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS key_usage_hourly_mv TO key_usage_hourly AS
+SELECT
+    account_id,
+    key_id,
+    toStartOfHour(occurred_at) AS hour,
+    count() AS requests,
+    countIf(status < 400) AS accepted,
+    countIf(status = 429) AS rate_limited,
+    sumMap(map(status, toUInt64(1))) AS by_status,
+    countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
+    countIf(origin IS NOT NULL AND origin != '') AS client_side,
+    sumMapIf(map(ifNull(currency, ''), ifNull(amount_minor, 0)), status < 400 AND amount_minor IS NOT NULL) AS amount_minor,
+    min(occurred_at) AS first_used_at,
+    max(occurred_at) AS last_used_at,
+    uniqState(ip) AS ips,
+    uniqState(country) AS countries,
+    uniqState(asn) AS asns
+FROM key_usage
+WHERE key_id != ''
+GROUP BY account_id, key_id, hour;
+
+CREATE TABLE IF NOT EXISTS key_usage_daily
+(
+    account_id        LowCardinality(String),
+    key_id            String,
+    day               Date,
+    requests          SimpleAggregateFunction(sum, UInt64),
+    accepted          SimpleAggregateFunction(sum, UInt64),
+    rate_limited      SimpleAggregateFunction(sum, UInt64),
+    by_status         SimpleAggregateFunction(sumMap, Map(UInt16, UInt64)),
+    write_requests    SimpleAggregateFunction(sum, UInt64),
+    client_side       SimpleAggregateFunction(sum, UInt64),
+    amount_minor      SimpleAggregateFunction(sumMap, Map(String, UInt64)),
+    first_used_at     SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_used_at      SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    ips               AggregateFunction(uniq, String),
+    countries         AggregateFunction(uniq, Nullable(String)),
+    asns              AggregateFunction(uniq, Nullable(UInt32))
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYear(day)
+ORDER BY (account_id, key_id, day)
+TTL day + INTERVAL 3 YEAR;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS key_usage_daily_mv TO key_usage_daily AS
+SELECT
+    account_id,
+    key_id,
+    toDate(occurred_at) AS day,
+    count() AS requests,
+    countIf(status < 400) AS accepted,
+    countIf(status = 429) AS rate_limited,
+    sumMap(map(status, toUInt64(1))) AS by_status,
+    countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
+    countIf(origin IS NOT NULL AND origin != '') AS client_side,
+    sumMapIf(map(ifNull(currency, ''), ifNull(amount_minor, 0)), status < 400 AND amount_minor IS NOT NULL) AS amount_minor,
+    min(occurred_at) AS first_used_at,
+    max(occurred_at) AS last_used_at,
+    uniqState(ip) AS ips,
+    uniqState(country) AS countries,
+    uniqState(asn) AS asns
+FROM key_usage
+WHERE key_id != ''
+GROUP BY account_id, key_id, day;
+
+-- Last use of every key, one row per key after merges: what the inventory and the stale-key detector read.
+CREATE TABLE IF NOT EXISTS key_last_used
+(
+    account_id     LowCardinality(String),
+    key_id         String,
+    first_used_at  SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
+    last_used_at   SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
+    requests       SimpleAggregateFunction(sum, UInt64)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (account_id, key_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS key_last_used_mv TO key_last_used AS
+SELECT account_id, key_id, min(occurred_at) AS first_used_at, max(occurred_at) AS last_used_at, count() AS requests
+FROM key_usage
+WHERE key_id != ''
+GROUP BY account_id, key_id;
+
+-- 429 RATE_LIMIT_EXCEEDED per key in 5-minute buckets: the rate-limit spike detector compares windows of these.
+CREATE TABLE IF NOT EXISTS key_ratelimits_5m
+(
+    account_id  LowCardinality(String),
+    key_id      String,
+    bucket      DateTime('UTC'),
+    events      SimpleAggregateFunction(sum, UInt64),
+    ips         AggregateFunction(uniq, String)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(bucket)
+ORDER BY (account_id, key_id, bucket)
+TTL bucket + INTERVAL 400 DAY;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS key_ratelimits_5m_mv TO key_ratelimits_5m AS
+SELECT account_id, key_id, toStartOfFiveMinutes(occurred_at) AS bucket, count() AS events, uniqState(ip) AS ips
+FROM key_ratelimits
+GROUP BY account_id, key_id, bucket;

@@ -1,0 +1,121 @@
+// The one place keywatch reads its environment. Everything else receives a typed `Config`.
+import { existsSync, readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
+import { parseEnv } from 'node:util'
+import { z } from 'zod'
+
+const port = z.coerce.number().int('must be an integer').min(0).max(65535)
+const positiveInt = z.coerce.number().int('must be an integer').positive('must be > 0')
+const topic = z.string().regex(/^[A-Za-z0-9._-]{1,249}$/, 'must be a Kafka topic name ([A-Za-z0-9._-], 1-249 chars)')
+const brokerList = z
+  .string()
+  .transform((s) => s.split(',').map((b) => b.trim()).filter(Boolean))
+  .pipe(z.array(z.string().regex(/^[^\s:]+:\d{1,5}$/, 'must be host:port')).min(1, 'needs at least one host:port'))
+
+const envSchema = z.object({
+  CLICKHOUSE_URL: z.url('must be an http(s) URL such as http://127.0.0.1:8123').optional(),
+  CLICKHOUSE_USER: z.string().default('default'),
+  CLICKHOUSE_PASSWORD: z.string().default(''),
+  CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be an identifier ([A-Za-z_][A-Za-z0-9_]*)').default('keywatch'),
+  KEYWATCH_DATA_DIR: z.string().min(1).default('./data'),
+
+  KAFKA_BROKERS: brokerList.optional(),
+  KAFKA_CLIENT_ID: z.string().min(1).default('keywatch'),
+  KAFKA_GROUP_ID: z.string().min(1).default('keywatch-ingest'),
+  KAFKA_TOPIC_USAGE: topic.default('apikey.usage'),
+  KAFKA_TOPIC_RATELIMITS: topic.default('apikey.ratelimits'),
+  KAFKA_TOPIC_AUTH: topic.default('auth.events'),
+  KAFKA_TOPIC_LIFECYCLE: topic.default('apikey.lifecycle'),
+  KAFKA_TOPIC_LEAKS: topic.default('security.leaks'),
+  KAFKA_TOPIC_COMMANDS: topic.default('apikey.commands'),
+  KAFKA_TOPIC_DEAD_LETTER: topic.default('keywatch.deadletter'),
+
+  INGEST_BATCH_MAX_ROWS: positiveInt.default(20_000),
+  INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(250),
+  INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(2),
+
+  HOST: z.string().min(1).default('127.0.0.1'),
+  PORT: port.default(8080),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+})
+
+export type Env = z.input<typeof envSchema>
+
+export interface Config {
+  clickhouse:
+    | { mode: 'server'; url: string; user: string; password: string; database: string }
+    | { mode: 'embedded'; dataDir: string; database: string }
+  kafka?: {
+    brokers: string[]
+    clientId: string
+    groupId: string
+    topics: Topics
+  }
+  topics: Topics
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
+  http: { host: string; port: number }
+  logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
+}
+
+export interface Topics {
+  usage: string
+  ratelimits: string
+  auth: string
+  lifecycle: string
+  leaks: string
+  commands: string
+  deadLetter: string
+}
+
+/** A configuration value is wrong: startup stops with a message naming each variable and what it expects. */
+export class ConfigError extends Error {
+  readonly retriable = false
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
+    this.name = 'ConfigError'
+  }
+}
+
+/** Reads `.env` (if present) under the given environment; real environment variables win. */
+export function loadEnv(env: NodeJS.ProcessEnv = process.env, envFile = resolve('.env')): Record<string, string | undefined> {
+  const fromFile = existsSync(envFile) ? parseEnv(readFileSync(envFile, 'utf8')) : {}
+  return { ...fromFile, ...env }
+}
+
+export function parseConfig(raw: Record<string, string | undefined>): Config {
+  // Empty strings mean "unset", as in most shells' `FOO= cmd`.
+  const cleaned = Object.fromEntries(Object.entries(raw).filter(([, v]) => v !== undefined && v !== ''))
+  const parsed = envSchema.safeParse(cleaned)
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((i) => {
+        const name = String(i.path[0] ?? '?')
+        return `${name}=${JSON.stringify(cleaned[name] ?? '')}: ${i.message}`
+      }),
+    )
+  }
+  const e = parsed.data
+  const topics: Topics = {
+    usage: e.KAFKA_TOPIC_USAGE,
+    ratelimits: e.KAFKA_TOPIC_RATELIMITS,
+    auth: e.KAFKA_TOPIC_AUTH,
+    lifecycle: e.KAFKA_TOPIC_LIFECYCLE,
+    leaks: e.KAFKA_TOPIC_LEAKS,
+    commands: e.KAFKA_TOPIC_COMMANDS,
+    deadLetter: e.KAFKA_TOPIC_DEAD_LETTER,
+  }
+  return {
+    clickhouse: e.CLICKHOUSE_URL
+      ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE }
+      : { mode: 'embedded', dataDir: resolve(e.KEYWATCH_DATA_DIR), database: e.CLICKHOUSE_DATABASE },
+    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics } : undefined,
+    topics,
+    ingest: {
+      batchMaxRows: e.INGEST_BATCH_MAX_ROWS,
+      batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
+      maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
+    },
+    http: { host: e.HOST, port: e.PORT },
+    logLevel: e.LOG_LEVEL,
+  }
+}

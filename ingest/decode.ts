@@ -1,0 +1,69 @@
+// Step one of every way in (Kafka, file, HTTP): raw bytes -> a valid contract event, or a rejection saying why.
+import { z } from 'zod'
+import { inboundSchemas, MAX_FUTURE_SKEW_MS, MAX_MESSAGE_BYTES, type InboundEvent, type InboundType } from '../contract/events.ts'
+
+export type RejectReason = 'too_large' | 'invalid_json' | 'unknown_type' | 'schema_violation' | 'future_timestamp' | 'wrong_topic'
+
+export type Decoded =
+  | { ok: true; type: InboundType; event: InboundEvent }
+  | { ok: false; reason: RejectReason; detail: string; eventId?: string; eventType?: string }
+
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+/**
+ * Validates one message against the contract.
+ * @param expectedType the type its Kafka topic carries; undefined for mixed input (files, HTTP).
+ */
+export function decodeEvent(raw: Uint8Array, now: number, expectedType?: InboundType): Decoded {
+  if (raw.byteLength > MAX_MESSAGE_BYTES) {
+    return { ok: false, reason: 'too_large', detail: `message is ${raw.byteLength} bytes; the contract allows at most ${MAX_MESSAGE_BYTES}` }
+  }
+  let value: unknown
+  try {
+    value = JSON.parse(decoder.decode(raw))
+  } catch (err) {
+    return { ok: false, reason: 'invalid_json', detail: `not UTF-8 JSON: ${(err as Error).message}` }
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, reason: 'invalid_json', detail: 'a message must be one JSON object' }
+  }
+  const record = value as Record<string, unknown>
+  const eventId = typeof record.event_id === 'string' ? record.event_id.slice(0, 64) : undefined
+  const type = record.type
+  if (typeof type !== 'string' || !(type in inboundSchemas)) {
+    return {
+      ok: false,
+      reason: 'unknown_type',
+      detail: `type ${JSON.stringify(type)} is not one of ${Object.keys(inboundSchemas).join(', ')}`,
+      eventId,
+    }
+  }
+  const eventType = type as InboundType
+  if (expectedType && eventType !== expectedType) {
+    return { ok: false, reason: 'wrong_topic', detail: `a ${eventType} event on the topic of ${expectedType} events`, eventId, eventType }
+  }
+  const parsed = inboundSchemas[eventType].safeParse(record)
+  if (!parsed.success) {
+    return { ok: false, reason: 'schema_violation', detail: describeIssues(parsed.error), eventId, eventType }
+  }
+  const event = parsed.data as InboundEvent
+  const skew = Date.parse(event.occurred_at) - now
+  if (skew > MAX_FUTURE_SKEW_MS) {
+    return {
+      ok: false,
+      reason: 'future_timestamp',
+      detail: `occurred_at ${event.occurred_at} is ${Math.round(skew / 1000)} s in the future (at most ${MAX_FUTURE_SKEW_MS / 1000} s allowed)`,
+      eventId,
+      eventType,
+    }
+  }
+  return { ok: true, type: eventType, event }
+}
+
+/** "status: Too small: expected number to be >=100; ip: must be an IPv4 or IPv6 address" */
+function describeIssues(error: z.ZodError): string {
+  return error.issues
+    .slice(0, 5)
+    .map((i) => `${i.path.length ? i.path.join('.') : '(event)'}: ${i.message}`)
+    .join('; ')
+}
