@@ -55,10 +55,12 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
     if (/Cannot lock file|Another server instance/i.test(text)) throw new DataDirLockedError(config.dataDir, enginePid(config.dataDir))
     throw err
   }
-  const client = createClient({ connection, clickhouse_settings: { date_time_input_format: 'best_effort' } })
+  // chdb types its connection against @clickhouse/client-common, which @clickhouse/client now bundles: same shape.
+  type ClientConnection = NonNullable<NonNullable<Parameters<typeof createClient>[0]>['connection']>
+  const client = createClient({ connection: connection as unknown as ClientConnection, clickhouse_settings: { date_time_input_format: 'best_effort' } })
   // The chdb connection is one session: USE sticks for every later query on it.
   await client.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
-  await client.command({ query: `USE ${config.database}` }) // identifier validated by the config schema
+  await client.command({ query: 'USE {db:Identifier}', query_params: { db: config.database } })
   return { client, database: config.database, mode: 'embedded', close: () => client.close() }
 }
 

@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS event_ids
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (occurred_at, event_id)
-TTL toDateTime(occurred_at) + INTERVAL 5 YEAR;
+TTL toDateTime(occurred_at) + INTERVAL 5 YEAR
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS event_ids_key_usage TO event_ids AS
 SELECT occurred_at, event_id, 'key.usage' AS type FROM key_usage;

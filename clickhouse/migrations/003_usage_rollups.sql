@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS key_usage_hourly
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(hour)
 ORDER BY (account_id, key_id, hour)
-TTL hour + INTERVAL 400 DAY;
+TTL hour + INTERVAL 400 DAY
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS key_usage_hourly_mv TO key_usage_hourly AS
 SELECT
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS key_usage_daily
 ENGINE = AggregatingMergeTree
 PARTITION BY toYear(day)
 ORDER BY (account_id, key_id, day)
-TTL day + INTERVAL 3 YEAR;
+TTL day + INTERVAL 3 YEAR
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS key_usage_daily_mv TO key_usage_daily AS
 SELECT
@@ -99,7 +101,8 @@ CREATE TABLE IF NOT EXISTS key_last_used
     requests       SimpleAggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (account_id, key_id);
+ORDER BY (account_id, key_id)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS key_last_used_mv TO key_last_used AS
 SELECT account_id, key_id, min(occurred_at) AS first_used_at, max(occurred_at) AS last_used_at, count() AS requests
@@ -119,7 +122,8 @@ CREATE TABLE IF NOT EXISTS key_ratelimits_5m
 ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (account_id, key_id, bucket)
-TTL bucket + INTERVAL 400 DAY;
+TTL bucket + INTERVAL 400 DAY
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS key_ratelimits_5m_mv TO key_ratelimits_5m AS
 SELECT account_id, key_id, toStartOfFiveMinutes(occurred_at) AS bucket, count() AS events, uniqState(ip) AS ips

@@ -1,0 +1,60 @@
+// The HTTP API. Plugins and routes are registered in a fixed order: error handling, health, then /v1 routes.
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { ingestNdjson } from '../ingest/ndjson.ts'
+import type { IngestPipeline } from '../ingest/pipeline.ts'
+
+export interface ApiDeps {
+  pipeline: IngestPipeline
+  log: FastifyBaseLogger
+  /** Reports whether storage answers; /readyz fails while it does not. */
+  storageReady: () => Promise<boolean>
+}
+
+/** An error that goes to the client as is: a status, a stable code and a message naming what is wrong. */
+export class ApiError extends Error {
+  constructor(
+    readonly statusCode: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message)
+    this.name = 'ApiError'
+  }
+}
+
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({ loggerInstance: deps.log, disableRequestLogging: false, bodyLimit: 1024 * 1024 })
+
+  // One error shape for every failure: { error: { code, message } }. Unknown errors never leak internals.
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, request, reply) => {
+    if (err instanceof ApiError) return reply.status(err.statusCode).send({ error: { code: err.code, message: err.message } })
+    if (err.validation || (err.statusCode && err.statusCode < 500)) {
+      return reply.status(err.statusCode ?? 400).send({ error: { code: err.code ?? 'bad_request', message: err.message } })
+    }
+    request.log.error({ err }, 'request failed')
+    return reply.status(500).send({ error: { code: 'internal', message: 'internal error; see the server log for request ' + request.id } })
+  })
+  app.setNotFoundHandler((request, reply) =>
+    reply.status(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url}` } }),
+  )
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+  app.get('/readyz', async (_request, reply) => {
+    const ok = await deps.storageReady().catch(() => false)
+    return reply.status(ok ? 200 : 503).send({ status: ok ? 'ready' : 'storage unavailable' })
+  })
+
+  // NDJSON bodies are streamed through the pipeline, never buffered whole.
+  app.addContentTypeParser(['application/x-ndjson', 'application/ndjson', 'text/plain'], (_request, payload, done) => done(null, payload))
+  app.post('/v1/events', async (request, reply) => {
+    const type = request.headers['content-type']?.split(';')[0]?.trim()
+    if (!type || !['application/x-ndjson', 'application/ndjson', 'text/plain'].includes(type)) {
+      throw new ApiError(415, 'unsupported_media_type', 'send events as NDJSON (Content-Type: application/x-ndjson), one event per line')
+    }
+    const report = await ingestNdjson(request.body as NodeJS.ReadableStream & AsyncIterable<Uint8Array>, deps.pipeline, { source: 'http' })
+    // 200 with the summary even when some lines were rejected: the valid ones are stored, and the summary says which were not.
+    return reply.status(200).send(report)
+  })
+
+  return app
+}

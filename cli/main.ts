@@ -1,0 +1,186 @@
+// The `keywatch` command line.
+import { createReadStream, statSync } from 'node:fs'
+import { Readable } from 'node:stream'
+import { Command, CommanderError } from 'commander'
+import { buildApi } from '../api/server.ts'
+import { DataDirLockedError, openStorage } from '../clickhouse/client.ts'
+import { migrate } from '../clickhouse/migrate.ts'
+import { ConfigError, loadEnv, parseConfig, type Config } from '../config/config.ts'
+import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
+import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
+import { announceInstance, readInstance } from './instance.ts'
+import { progressBar } from './progress.ts'
+import { createLogger, openRuntime } from './runtime.ts'
+
+/** Exit codes: 0 done, 1 done but input was rejected or the work failed, 2 bad invocation or configuration. */
+class ExitError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message)
+  }
+}
+
+function config(): Config {
+  return parseConfig(loadEnv())
+}
+
+/** The running `keywatch start` that holds the embedded data directory, if any. */
+function runningInstance(cfg: Config) {
+  return cfg.clickhouse.mode === 'embedded' ? readInstance(cfg.clickhouse.dataDir) : undefined
+}
+
+async function start(): Promise<void> {
+  const cfg = config()
+  const log = createLogger(cfg)
+  const rt = await openRuntime(cfg, log)
+  const api = await buildApi({
+    pipeline: rt.pipeline,
+    log,
+    storageReady: async () => (await rt.storage.client.ping()).success,
+  })
+  await api.listen({ host: cfg.http.host, port: cfg.http.port })
+  const address = api.server.address()
+  const url = typeof address === 'object' && address ? `http://${cfg.http.host}:${address.port}` : `http://${cfg.http.host}:${cfg.http.port}`
+  const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString() }) : () => {}
+  let kafka: KafkaIngest | undefined
+  try {
+    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log) : undefined
+  } catch (err) {
+    release()
+    throw err
+  }
+  log.info({ url, storage: cfg.clickhouse.mode, kafka: cfg.kafka ? cfg.kafka.brokers : 'off (KAFKA_BROKERS unset)' }, 'keywatch started')
+
+  let stopping = false
+  const shutdown = async (signal: string) => {
+    if (stopping) return
+    stopping = true
+    log.info({ signal }, 'draining: finishing stored batches and committing offsets')
+    try {
+      await kafka?.stop()
+      await api.close()
+      await rt.close()
+      release()
+      log.info('stopped cleanly')
+      log.flush()
+      process.exit(0)
+    } catch (err) {
+      log.error({ err }, 'shutdown failed')
+      log.flush()
+      process.exit(1)
+    }
+  }
+  process.on('SIGTERM', () => void shutdown('SIGTERM'))
+  process.on('SIGINT', () => void shutdown('SIGINT'))
+}
+
+async function runMigrate(): Promise<void> {
+  const cfg = config()
+  const instance = runningInstance(cfg)
+  if (instance) {
+    throw new ExitError(
+      `keywatch (pid ${instance.pid}, ${instance.url}) holds ${dataDirOf(cfg)} and applied the migrations when it started; ` +
+        'stop it and run `keywatch migrate` again, or restart it to apply new migrations',
+      1,
+    )
+  }
+  const storage = await openStorage(cfg.clickhouse)
+  try {
+    const result = await migrate(storage.client)
+    for (const name of result.applied) process.stdout.write(`applied  ${name}\n`)
+    process.stdout.write(`schema up to date: ${result.applied.length} applied now, ${result.alreadyApplied.length} before\n`)
+  } finally {
+    await storage.close()
+  }
+}
+
+async function runIngest(file: string, opts: { json?: boolean }): Promise<void> {
+  const cfg = config()
+  const input: Readable = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 })
+  const total = file === '-' ? undefined : statSync(file).size
+  const bar = process.stderr.isTTY && !opts.json ? progressBar(total) : undefined
+  let report: NdjsonReport
+
+  const instance = runningInstance(cfg)
+  if (instance) {
+    // The running instance owns the engine: send the file through its API.
+    let sent = 0
+    const counted = input.map((chunk: Buffer) => {
+      sent += chunk.byteLength
+      bar?.update({ bytes: sent })
+      return chunk
+    })
+    const response = await fetch(`${instance.url}/v1/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-ndjson' },
+      body: Readable.toWeb(counted) as ReadableStream,
+      duplex: 'half',
+    } as RequestInit)
+    if (!response.ok) throw new ExitError(`keywatch at ${instance.url} refused the events: ${response.status} ${await response.text()}`, 1)
+    report = (await response.json()) as NdjsonReport
+  } else {
+    const log = createLogger(cfg)
+    const rt = await openRuntime(cfg, log)
+    try {
+      report = await ingestNdjson(input, rt.pipeline, {
+        source: 'file',
+        onProgress: (p) => bar?.update({ bytes: p.bytes, events: p.summary.accepted + p.summary.duplicates + p.summary.rejected }),
+      })
+    } finally {
+      await rt.close()
+    }
+  }
+  bar?.done()
+  process.stdout.write(opts.json ? JSON.stringify(report) + '\n' : formatReport(report))
+  if (report.rejected > 0) process.exitCode = 1
+}
+
+function formatReport(r: NdjsonReport): string {
+  const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`, `rejected    ${r.rejected}`]
+  for (const [reason, n] of Object.entries(r.rejectedByReason)) lines.push(`  ${reason.padEnd(18)} ${n}`)
+  for (const e of r.errors) lines.push(`line ${e.line}: ${e.reason}: ${e.detail}`)
+  if (r.rejected > r.errors.length) lines.push(`(${r.rejected - r.errors.length} more rejections in ingest_errors)`)
+  return lines.join('\n') + '\n'
+}
+
+function dataDirOf(cfg: Config): string {
+  return cfg.clickhouse.mode === 'embedded' ? cfg.clickhouse.dataDir : cfg.clickhouse.url
+}
+
+const program = new Command()
+  .name('keywatch')
+  .description('Security monitoring and audit analytics for a payment platform\'s API keys')
+  .showHelpAfterError()
+  .exitOverride()
+
+program
+  .command('start')
+  .description('run the API, and the Kafka consumers when KAFKA_BROKERS is set (applies migrations first)')
+  .action(start)
+
+program.command('migrate').description('apply the ClickHouse schema migrations (safe to rerun)').action(runMigrate)
+
+program
+  .command('ingest')
+  .description('ingest an NDJSON file of contract events of any type (- for stdin); exits 1 if any line was rejected')
+  .argument('<file>', 'NDJSON file, or - for stdin')
+  .option('--json', 'print the summary as JSON')
+  .action(runIngest)
+
+try {
+  await program.parseAsync(process.argv)
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2)
+  if (err instanceof ConfigError) {
+    process.stderr.write(`keywatch: ${err.message}\n`)
+    process.exit(2)
+  }
+  if (err instanceof DataDirLockedError || err instanceof ExitError) {
+    process.stderr.write(`keywatch: ${err.message}\n`)
+    process.exit(err instanceof ExitError ? err.exitCode : 1)
+  }
+  process.stderr.write(`keywatch: ${(err as Error)?.stack ?? String(err)}\n`)
+  process.exit(1)
+}

@@ -1,0 +1,50 @@
+// What every command that touches data shares: the config, a logger, storage (migrated) and the ingest pipeline.
+import pino, { type Logger } from 'pino'
+import { openStorage, type Storage } from '../clickhouse/client.ts'
+import { migrate } from '../clickhouse/migrate.ts'
+import type { Config } from '../config/config.ts'
+import { IngestPipeline } from '../ingest/pipeline.ts'
+import { EventWriter } from '../ingest/writer.ts'
+
+export interface Runtime {
+  config: Config
+  log: Logger
+  storage: Storage
+  writer: EventWriter
+  pipeline: IngestPipeline
+  close(): Promise<void>
+}
+
+/** Logs go to stderr as JSON lines, leaving stdout to command output. */
+export function createLogger(config: Config): Logger {
+  return pino({ level: config.logLevel, base: { service: 'keywatch' } }, pino.destination({ fd: 2, sync: false }))
+}
+
+export async function openRuntime(config: Config, log: Logger): Promise<Runtime> {
+  const storage = await openStorage(config.clickhouse)
+  try {
+    const result = await migrate(storage.client)
+    if (result.applied.length) log.info({ applied: result.applied }, 'migrations applied')
+  } catch (err) {
+    await storage.close()
+    throw err
+  }
+  const writer = new EventWriter(storage.client, {
+    maxRows: config.ingest.batchMaxRows,
+    maxWaitMs: config.ingest.batchMaxWaitMs,
+    maxInflight: config.ingest.maxInflightBatches,
+    onFlush: (table, s) => log.debug({ table, ...s }, 'batch stored'),
+  })
+  const pipeline = new IngestPipeline(storage.client, writer)
+  return {
+    config,
+    log,
+    storage,
+    writer,
+    pipeline,
+    async close() {
+      await writer.drain()
+      await storage.close()
+    },
+  }
+}

@@ -1,0 +1,74 @@
+// Kafka in: one consumer group over the contract's five topics. A partition batch is acknowledged (its offsets
+// committed) only after its valid events are stored in ClickHouse and its bad messages are on the dead-letter
+// topic and in ingest_errors.
+import type { Config } from '../config/config.ts'
+import type { InboundType } from '../contract/events.ts'
+import { KafkaBatchConsumer, KafkaProducer, type Logger } from './kafka.ts'
+import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } from './pipeline.ts'
+
+export interface KafkaIngest {
+  stats(): IngestSummary & { batches: number; deadLettered: number }
+  stop(): Promise<void>
+}
+
+const EMPTY = Buffer.alloc(0)
+
+export async function startKafkaIngest(kafka: NonNullable<Config['kafka']>, ingest: Config['ingest'], pipeline: IngestPipeline, log: Logger): Promise<KafkaIngest> {
+  const settings = { brokers: kafka.brokers, clientId: kafka.clientId }
+  const t = kafka.topics
+  const typeOfTopic: Record<string, InboundType> = {
+    [t.usage]: 'key.usage',
+    [t.ratelimits]: 'key.ratelimited',
+    [t.auth]: 'auth.event',
+    [t.lifecycle]: 'key.lifecycle',
+    [t.leaks]: 'leak.reported',
+  }
+  const totals = { ...emptySummary(), batches: 0, deadLettered: 0 }
+  const deadLetters = await KafkaProducer.connect(settings, log)
+  const consumer = new KafkaBatchConsumer(
+    settings,
+    {
+      groupId: kafka.groupId,
+      topics: Object.keys(typeOfTopic),
+      maxPendingPerPartition: ingest.maxInflightBatches,
+      partitionsConsumedConcurrently: 3,
+    },
+    log,
+  )
+
+  await consumer.start(async (batch) => {
+    const messages = batch.messages.map((m) => ({
+      raw: m.value ?? EMPTY,
+      origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
+    }))
+    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic])
+    await deadLetters.send(
+      kafka.topics.deadLetter,
+      rejections.map((r) => ({
+        key: r.message.origin.key ?? null,
+        value: Buffer.from(r.message.raw.buffer, r.message.raw.byteOffset, r.message.raw.byteLength),
+        headers: {
+          reason: r.reason,
+          detail: r.detail,
+          'source-topic': batch.topic,
+          'source-partition': String(batch.partition),
+          'source-offset': r.message.origin.offset ?? '',
+        },
+      })),
+    )
+    addSummary(totals, summary)
+    totals.batches++
+    totals.deadLettered += rejections.length
+    if (rejections.length) log.warn({ topic: batch.topic, partition: batch.partition, rejected: summary.rejectedByReason }, 'messages dead-lettered')
+  })
+  log.info({ brokers: kafka.brokers, topics: Object.keys(typeOfTopic), groupId: kafka.groupId }, 'kafka ingest started')
+
+  return {
+    stats: () => ({ ...totals, rejectedByReason: { ...totals.rejectedByReason } }),
+    async stop() {
+      await consumer.stop()
+      await deadLetters.disconnect()
+      log.info({ ...totals }, 'kafka ingest stopped; all consumed batches stored and committed')
+    },
+  }
+}

@@ -1,0 +1,154 @@
+// The only file that knows kafkajs: a partition-batch consumer with explicit commits, and a producer.
+// Swapping the client library means rewriting this file only.
+import { Kafka, logLevel as KafkaLogLevel, type Consumer, type Producer } from 'kafkajs'
+
+export interface KafkaSettings {
+  brokers: string[]
+  clientId: string
+}
+
+export interface PartitionBatch {
+  topic: string
+  partition: number
+  messages: { key: Buffer | null; value: Buffer | null; offset: string }[]
+  /** Offset to commit once every message of this batch is handled. */
+  nextOffset: string
+}
+
+export interface OutboundRecord {
+  key?: Buffer | string | null
+  value: Buffer | string
+  headers?: Record<string, string>
+}
+
+export interface Logger {
+  info(obj: object, msg?: string): void
+  warn(obj: object, msg?: string): void
+  error(obj: object, msg?: string): void
+}
+
+function client(settings: KafkaSettings, log: Logger): Kafka {
+  return new Kafka({
+    clientId: settings.clientId,
+    brokers: settings.brokers,
+    logLevel: KafkaLogLevel.WARN,
+    logCreator: () => ({ level, log: entry }) => {
+      const { message, ...rest } = entry
+      if (level <= KafkaLogLevel.ERROR) log.error({ kafka: rest }, message)
+      else log.warn({ kafka: rest }, message)
+    },
+    retry: { retries: 8, initialRetryTime: 300 },
+  })
+}
+
+export class KafkaProducer {
+  private constructor(private readonly producer: Producer) {}
+
+  static async connect(settings: KafkaSettings, log: Logger): Promise<KafkaProducer> {
+    const producer = client(settings, log).producer({ allowAutoTopicCreation: true, idempotent: false })
+    await producer.connect()
+    return new KafkaProducer(producer)
+  }
+
+  /** Resolves when every broker acknowledged (acks=all). */
+  async send(topic: string, records: OutboundRecord[]): Promise<void> {
+    if (records.length) await this.producer.send({ topic, acks: -1, messages: records })
+  }
+
+  disconnect(): Promise<void> {
+    return this.producer.disconnect()
+  }
+}
+
+export interface ConsumerOptions {
+  groupId: string
+  topics: string[]
+  /** Partition batches handed over but not yet committed, per partition. */
+  maxPendingPerPartition: number
+  partitionsConsumedConcurrently: number
+}
+
+/**
+ * Hands partition batches to `handle` without waiting for the previous ones to finish (up to a bound), and commits
+ * a batch's offsets only when it and every earlier batch of its partition are handled. If a batch fails, nothing
+ * after it is committed and the consumer restarts from the last commit: its events come again and are deduplicated.
+ */
+export class KafkaBatchConsumer {
+  private consumer?: Consumer
+  private readonly pending = new Map<string, Promise<void>[]>()
+  // Per partition: settles after the latest batch is committed; rejected if any batch in it failed.
+  private readonly chains = new Map<string, Promise<void>>()
+  private failure?: unknown
+  private stopping = false
+
+  constructor(
+    private readonly settings: KafkaSettings,
+    private readonly options: ConsumerOptions,
+    private readonly log: Logger,
+  ) {}
+
+  async start(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
+    const consumer = client(this.settings, this.log).consumer({
+      groupId: this.options.groupId,
+      maxBytesPerPartition: 4 * 1024 * 1024,
+      maxBytes: 32 * 1024 * 1024,
+      maxWaitTimeInMs: 100,
+      sessionTimeout: 30_000,
+      heartbeatInterval: 3_000,
+      allowAutoTopicCreation: true,
+    })
+    this.consumer = consumer
+    await consumer.connect()
+    await consumer.subscribe({ topics: this.options.topics, fromBeginning: true })
+    consumer.on(consumer.events.CRASH, ({ payload }) => {
+      this.log.error({ err: String(payload.error), restart: payload.restart }, 'kafka consumer crashed')
+    })
+    await consumer.run({
+      autoCommit: false,
+      eachBatchAutoResolve: true,
+      partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently,
+      eachBatch: async ({ batch, isRunning, isStale, heartbeat }) => {
+        if (this.failure) {
+          // An earlier batch was not stored: restart from the last commit rather than commit past it.
+          const err = this.failure
+          this.failure = undefined
+          this.pending.clear()
+          this.chains.clear()
+          throw err
+        }
+        if (!isRunning() || isStale() || this.stopping) return
+        const key = `${batch.topic}/${batch.partition}`
+        const queue = this.pending.get(key) ?? []
+        this.pending.set(key, queue)
+        while (queue.length >= this.options.maxPendingPerPartition) {
+          await queue[0]!.catch(() => undefined)
+          await heartbeat()
+        }
+        const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
+        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset })
+        const chain = Promise.all([this.chains.get(key), work]).then(() =>
+          consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }]),
+        )
+        this.chains.set(key, chain)
+        const done: Promise<void> = chain
+          .catch((err) => {
+            this.failure ??= err
+            this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; will reconsume from last commit')
+          })
+          .finally(() => queue.splice(queue.indexOf(done), 1))
+        queue.push(done)
+      },
+    })
+  }
+
+  /** Stops fetching, waits until everything handed over is stored and committed, then leaves the group. */
+  async stop(): Promise<void> {
+    if (!this.consumer) return
+    this.stopping = true
+    this.consumer.pause(this.options.topics.map((topic) => ({ topic })))
+    while ([...this.pending.values()].some((q) => q.length)) {
+      await Promise.allSettled([...this.pending.values()].flat())
+    }
+    await this.consumer.disconnect()
+  }
+}

@@ -1,0 +1,125 @@
+// Step two: a valid contract event -> the row of its ClickHouse table (clickhouse/migrations/001_events.sql).
+import { createHash } from 'node:crypto'
+import type { AuthEvent, InboundEvent, InboundType, KeyLifecycle, KeyRatelimited, KeyUsage, LeakReported } from '../contract/events.ts'
+
+export type TableName = 'key_usage' | 'key_ratelimits' | 'auth_events' | 'key_lifecycle' | 'leak_reports'
+
+export const TABLE_OF: Record<InboundType, TableName> = {
+  'key.usage': 'key_usage',
+  'key.ratelimited': 'key_ratelimits',
+  'auth.event': 'auth_events',
+  'key.lifecycle': 'key_lifecycle',
+  'leak.reported': 'leak_reports',
+}
+
+/** A row plus what the writer needs to deduplicate it. */
+export interface Row {
+  eventId: string
+  occurredAtMs: number
+  values: Record<string, unknown>
+}
+
+export function toRow(type: InboundType, event: InboundEvent): Row {
+  const eventId = event.event_id.toLowerCase()
+  return { eventId, occurredAtMs: Date.parse(event.occurred_at), values: ROW_OF[type](event as never, eventId) }
+}
+
+const ROW_OF: { [T in InboundType]: (e: never, eventId: string) => Record<string, unknown> } = {
+  'key.usage': (e: KeyUsage, event_id) => ({
+    event_id,
+    occurred_at: e.occurred_at,
+    account_id: e.account_id,
+    key_id: e.key_id ?? '',
+    key_prefix: e.key_prefix,
+    key_kind: e.key_kind,
+    mode: e.mode,
+    request_id: e.request_id,
+    method: e.method,
+    endpoint: e.endpoint,
+    scope: e.scope ?? null,
+    status: e.status,
+    error_code: e.error_code ?? null,
+    ip: e.ip,
+    country: e.country ?? null,
+    asn: e.asn ?? null,
+    user_agent: e.user_agent,
+    origin: e.origin ?? null,
+    sdk: e.sdk ?? null,
+    client_env: e.client_env ?? null,
+    latency_ms: e.latency_ms,
+    amount_minor: e.amount_minor ?? null,
+    currency: e.currency ?? null,
+  }),
+  'key.ratelimited': (e: KeyRatelimited, event_id) => ({
+    event_id,
+    occurred_at: e.occurred_at,
+    account_id: e.account_id,
+    key_id: e.key_id,
+    key_prefix: e.key_prefix,
+    key_kind: e.key_kind,
+    mode: e.mode,
+    request_id: e.request_id,
+    endpoint: e.endpoint,
+    ip: e.ip,
+    limit: e.limit,
+    window_seconds: e.window_seconds,
+    observed: e.observed,
+    retry_after_seconds: e.retry_after_seconds ?? null,
+  }),
+  'auth.event': (e: AuthEvent, event_id) => ({
+    event_id,
+    occurred_at: e.occurred_at,
+    account_id: e.account_id,
+    user_id: e.user_id,
+    actor_email: e.actor_email ?? null,
+    action: e.action,
+    ip: e.ip,
+    country: e.country ?? null,
+    user_agent: e.user_agent,
+    session_id: e.session_id ?? null,
+    reason: e.reason ?? null,
+    target_user_id: e.target_user_id ?? null,
+    key_id: e.key_id ?? null,
+  }),
+  'key.lifecycle': (e: KeyLifecycle, event_id) => ({
+    event_id,
+    occurred_at: e.occurred_at,
+    account_id: e.account_id,
+    key_id: e.key_id,
+    key_prefix: e.key_prefix,
+    key_kind: e.key_kind,
+    mode: e.mode,
+    action: e.action,
+    actor_type: e.actor.type,
+    actor_id: e.actor.id,
+    label: e.label ?? null,
+    // NULL: this event says nothing of scopes; the JSON 'null': full access.
+    scopes: e.scopes === undefined ? null : JSON.stringify(e.scopes),
+    expires_at: e.expires_at ?? null,
+    auto_generated: e.auto_generated ?? null,
+    secret_sha256: e.secret_sha256 ?? null,
+    replacement_key_id: e.replacement_key_id ?? null,
+    old_key_expires_at: e.old_key_expires_at ?? null,
+    reason: e.reason ?? null,
+  }),
+  'leak.reported': (e: LeakReported, event_id) => ({
+    event_id,
+    occurred_at: e.occurred_at,
+    account_id: e.account_id,
+    // The leaked token is hashed here, on arrival, and never stored or passed on.
+    token_sha256: e.token !== undefined ? sha256Hex(e.token) : e.token_sha256,
+    token_prefix: e.token !== undefined ? displayPrefix(e.token) : null,
+    token_type: e.token_type ?? null,
+    source: e.source,
+    url: e.url ?? null,
+  }),
+}
+
+export function sha256Hex(s: string): string {
+  return createHash('sha256').update(s).digest('hex')
+}
+
+/** The platform's display form of a key (sk_live_4eC3): kind, mode and four characters; nothing more of a secret. */
+export function displayPrefix(token: string): string | null {
+  return /^(sk|pk|rk)_(live|test)_[A-Za-z0-9]{4}/.exec(token)?.[0] ?? null
+}
