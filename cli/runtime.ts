@@ -29,7 +29,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     await storage.close()
     throw err
   }
-  const writer = new EventWriter(storage.client, {
+  const writer = new EventWriter(storage, {
     maxRows: config.ingest.batchMaxRows,
     maxWaitMs: config.ingest.batchMaxWaitMs,
     maxInflight: config.ingest.maxInflightBatches,

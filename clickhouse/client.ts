@@ -24,6 +24,12 @@ export interface Storage {
   client: ClickHouseClient
   database: string
   mode: 'server' | 'embedded'
+  /**
+   * Bulk insert for the ingest hot path; every row has the same keys in the same order. Sent as JSONCompactEachRow
+   * (arrays: a quarter less to parse than objects). Embedded, the batch goes to the engine as one buffer, parsed
+   * off the JS thread; on a server it is `client.insert`.
+   */
+  insertRows(table: string, rows: Record<string, unknown>[], settings: Record<string, string | number>): Promise<void>
   close(): Promise<void>
 }
 
@@ -36,14 +42,17 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
     } finally {
       await bootstrap.close()
     }
-    const client = createClient({
-      url: config.url,
-      username: config.user,
-      password: config.password,
+    const client = createClient({ url: config.url, username: config.user, password: config.password, database: config.database })
+    return {
+      client,
       database: config.database,
-      clickhouse_settings: { date_time_input_format: 'best_effort' },
-    })
-    return { client, database: config.database, mode: 'server', close: () => client.close() }
+      mode: 'server',
+      insertRows: async (table, rows, settings) => {
+        if (!rows[0]) return
+        await client.insert({ table, values: rows.map(Object.values), columns: Object.keys(rows[0]) as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: settings })
+      },
+      close: () => client.close(),
+    }
   }
 
   const { createChdbConnection } = await import('chdb/connection')
@@ -57,11 +66,22 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
   }
   // chdb types its connection against @clickhouse/client-common, which @clickhouse/client now bundles: same shape.
   type ClientConnection = NonNullable<NonNullable<Parameters<typeof createClient>[0]>['connection']>
-  const client = createClient({ connection: connection as unknown as ClientConnection, clickhouse_settings: { date_time_input_format: 'best_effort' } })
+  const client = createClient({ connection: connection as unknown as ClientConnection })
   // The chdb connection is one session: USE sticks for every later query on it.
   await client.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
   await client.command({ query: 'USE {db:Identifier}', query_params: { db: config.database } })
-  return { client, database: config.database, mode: 'embedded', close: () => client.close() }
+  const engine = connection.chdb
+  return {
+    client,
+    database: config.database,
+    mode: 'embedded',
+    insertRows: async (table, rows, settings) => {
+      if (!rows[0]) return
+      const body = Buffer.from(rows.map((r) => JSON.stringify(Object.values(r))).join('\n'))
+      await engine.rawInsert({ table, values: body, columns: Object.keys(rows[0]), format: 'JSONCompactEachRow', settings })
+    },
+    close: () => client.close(),
+  }
 }
 
 /** The engine writes its pid into `status` while it holds the directory. */

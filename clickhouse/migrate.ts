@@ -38,7 +38,7 @@ export function loadMigrations(dir = MIGRATIONS_DIR): Migration[] {
     })
 }
 
-/** Splits on semicolons that end a line; comment-only chunks are dropped. */
+/** Splits on semicolons that end a line (so a comment line must not end with one); comment-only chunks are dropped. */
 export function splitStatements(sql: string): string[] {
   return sql
     .split(/;[ \t]*(?:\r?\n|$)/)

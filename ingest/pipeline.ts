@@ -4,7 +4,7 @@
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { InboundType } from '../contract/events.ts'
 import { decodeEvent, type RejectReason } from './decode.ts'
-import { sha256Hex, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
+import { chTime, sha256Hex, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
 import type { EventWriter, WriteResult } from './writer.ts'
 
 /** Where a message came from, kept with its rejection. */
@@ -94,7 +94,7 @@ export class IngestPipeline {
 
   private async recordRejections(rejections: Rejection[]): Promise<void> {
     if (rejections.length === 0) return
-    const receivedAt = new Date(this.now()).toISOString()
+    const receivedAt = chTime(this.now())
     await this.client.insert({
       table: 'ingest_errors',
       format: 'JSONEachRow',

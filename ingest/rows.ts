@@ -21,38 +21,50 @@ export interface Row {
 
 export function toRow(type: InboundType, event: InboundEvent): Row {
   const eventId = event.event_id.toLowerCase()
-  return { eventId, occurredAtMs: Date.parse(event.occurred_at), values: ROW_OF[type](event as never, eventId) }
+  const occurredAtMs = Date.parse(event.occurred_at)
+  return { eventId, occurredAtMs, values: ROW_OF[type](event as never, eventId, chTime(occurredAtMs)) }
 }
 
-const ROW_OF: { [T in InboundType]: (e: never, eventId: string) => Record<string, unknown> } = {
-  'key.usage': (e: KeyUsage, event_id) => ({
+/** ClickHouse's own DateTime64(3) text form, in UTC: parsed at insert without guessing. */
+export function chTime(ms: number): string {
+  const iso = new Date(ms).toISOString()
+  return `${iso.slice(0, 10)} ${iso.slice(11, 23)}`
+}
+
+function chTimeOrNull(rfc3339: string | null | undefined): string | null {
+  return rfc3339 == null ? null : chTime(Date.parse(rfc3339))
+}
+
+const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: string) => Record<string, unknown> } = {
+  // key_usage has no Nullable columns (see 001_events.sql): null is '' or 0.
+  'key.usage': (e: KeyUsage, event_id, occurred_at) => ({
     event_id,
-    occurred_at: e.occurred_at,
+    occurred_at,
     account_id: e.account_id,
     key_id: e.key_id ?? '',
-    key_prefix: e.key_prefix,
-    key_kind: e.key_kind,
-    mode: e.mode,
+    key_prefix: e.key_prefix ?? '',
+    key_kind: e.key_kind ?? '',
+    mode: e.mode ?? '',
     request_id: e.request_id,
     method: e.method,
     endpoint: e.endpoint,
-    scope: e.scope ?? null,
+    scope: e.scope ?? '',
     status: e.status,
-    error_code: e.error_code ?? null,
+    error_code: e.error_code ?? '',
     ip: e.ip,
-    country: e.country ?? null,
-    asn: e.asn ?? null,
+    country: e.country ?? '',
+    asn: e.asn ?? 0,
     user_agent: e.user_agent,
-    origin: e.origin ?? null,
-    sdk: e.sdk ?? null,
-    client_env: e.client_env ?? null,
+    origin: e.origin ?? '',
+    sdk: e.sdk ?? '',
+    client_env: e.client_env ?? '',
     latency_ms: e.latency_ms,
-    amount_minor: e.amount_minor ?? null,
-    currency: e.currency ?? null,
+    amount_minor: e.amount_minor ?? 0,
+    currency: e.currency ?? '',
   }),
-  'key.ratelimited': (e: KeyRatelimited, event_id) => ({
+  'key.ratelimited': (e: KeyRatelimited, event_id, occurred_at) => ({
     event_id,
-    occurred_at: e.occurred_at,
+    occurred_at,
     account_id: e.account_id,
     key_id: e.key_id,
     key_prefix: e.key_prefix,
@@ -66,9 +78,9 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string) => Record<string
     observed: e.observed,
     retry_after_seconds: e.retry_after_seconds ?? null,
   }),
-  'auth.event': (e: AuthEvent, event_id) => ({
+  'auth.event': (e: AuthEvent, event_id, occurred_at) => ({
     event_id,
-    occurred_at: e.occurred_at,
+    occurred_at,
     account_id: e.account_id,
     user_id: e.user_id,
     actor_email: e.actor_email ?? null,
@@ -81,9 +93,9 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string) => Record<string
     target_user_id: e.target_user_id ?? null,
     key_id: e.key_id ?? null,
   }),
-  'key.lifecycle': (e: KeyLifecycle, event_id) => ({
+  'key.lifecycle': (e: KeyLifecycle, event_id, occurred_at) => ({
     event_id,
-    occurred_at: e.occurred_at,
+    occurred_at,
     account_id: e.account_id,
     key_id: e.key_id,
     key_prefix: e.key_prefix,
@@ -95,16 +107,16 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string) => Record<string
     label: e.label ?? null,
     // NULL: this event says nothing of scopes; the JSON 'null': full access.
     scopes: e.scopes === undefined ? null : JSON.stringify(e.scopes),
-    expires_at: e.expires_at ?? null,
+    expires_at: chTimeOrNull(e.expires_at),
     auto_generated: e.auto_generated ?? null,
     secret_sha256: e.secret_sha256 ?? null,
     replacement_key_id: e.replacement_key_id ?? null,
-    old_key_expires_at: e.old_key_expires_at ?? null,
+    old_key_expires_at: chTimeOrNull(e.old_key_expires_at),
     reason: e.reason ?? null,
   }),
-  'leak.reported': (e: LeakReported, event_id) => ({
+  'leak.reported': (e: LeakReported, event_id, occurred_at) => ({
     event_id,
-    occurred_at: e.occurred_at,
+    occurred_at,
     account_id: e.account_id,
     // The leaked token is hashed here, on arrival, and never stored or passed on.
     token_sha256: e.token !== undefined ? sha256Hex(e.token) : e.token_sha256,

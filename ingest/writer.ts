@@ -4,8 +4,8 @@
 // with the same deduplication token, and when retries run out the callers get the error (and do not commit).
 import { createHash } from 'node:crypto'
 import { ClickHouseError } from '@clickhouse/client'
-import type { ClickHouseClient } from '../clickhouse/client.ts'
-import type { Row, TableName } from './rows.ts'
+import type { Storage } from '../clickhouse/client.ts'
+import { chTime, type Row, type TableName } from './rows.ts'
 
 export interface WriteResult {
   stored: number
@@ -61,7 +61,7 @@ export class EventWriter {
   private readonly limiter: Semaphore
 
   constructor(
-    private readonly client: ClickHouseClient,
+    private readonly storage: Storage,
     private readonly options: WriterOptions,
   ) {
     this.limiter = new Semaphore(options.maxInflight)
@@ -113,12 +113,7 @@ export class EventWriter {
         // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
         const token = createHash('sha256').update([...fresh.keys()].join(',')).digest('hex')
         await this.withRetries(() =>
-          this.client.insert({
-            table,
-            values,
-            format: 'JSONEachRow',
-            clickhouse_settings: { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 },
-          }),
+          this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 }),
         )
       }
       // Attribute stored vs duplicate rows to each caller.
@@ -152,7 +147,7 @@ export class EventWriter {
     const found = new Set<string>()
     const CHUNK = 10_000 // keeps the query parameters well under the server's URL limit
     for (let i = 0; i < rows.length; i += CHUNK) {
-      const rs = await this.client.query({
+      const rs = await this.storage.client.query({
         query: `SELECT toString(event_id) AS id FROM event_ids
                 WHERE occurred_at BETWEEN {from:DateTime64(3, 'UTC')} AND {to:DateTime64(3, 'UTC')}
                   AND event_id IN {ids:Array(UUID)}`,
@@ -178,11 +173,6 @@ export class EventWriter {
       }
     }
   }
-}
-
-/** ClickHouse's format for a DateTime64(3) parameter. */
-function chTime(ms: number): string {
-  return new Date(ms).toISOString().replace('T', ' ').replace('Z', '')
 }
 
 // Server-side conditions that pass with time (load, merges, memory, network), by ClickHouse error code.

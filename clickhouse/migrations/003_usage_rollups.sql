@@ -1,5 +1,7 @@
 -- Per-key rollups kept by materialized views, so detectors and the API never rescan raw usage.
--- Read them with GROUP BY and the -Merge / sum functions: rows of one key and bucket merge in the background.
+-- Raw usage feeds the hourly rollup; the daily rollup and the last-use table are fed by the hourly one (far fewer
+-- rows per insert than raw). Read them with GROUP BY and sum / min / max / sumMap / uniqMerge: rows of one key and
+-- bucket are merged in the background, not at insert.
 
 CREATE TABLE IF NOT EXISTS key_usage_hourly
 (
@@ -12,7 +14,7 @@ CREATE TABLE IF NOT EXISTS key_usage_hourly
     by_status         SimpleAggregateFunction(sumMap, Map(UInt16, UInt64)),
     write_requests    SimpleAggregateFunction(sum, UInt64) COMMENT 'POST PUT PATCH DELETE',
     client_side       SimpleAggregateFunction(sum, UInt64) COMMENT 'requests that carried an Origin',
-    amount_minor      SimpleAggregateFunction(sumMap, Map(String, UInt64)) COMMENT 'accepted money movement by currency',
+    amount_minor      SimpleAggregateFunction(sumMap, Map(String, UInt64)) COMMENT 'money moved by accepted requests, by currency',
     first_used_at     SimpleAggregateFunction(min, DateTime64(3, 'UTC')),
     last_used_at      SimpleAggregateFunction(max, DateTime64(3, 'UTC')),
     ips               AggregateFunction(uniq, String),
@@ -35,13 +37,13 @@ SELECT
     countIf(status = 429) AS rate_limited,
     sumMap(map(status, toUInt64(1))) AS by_status,
     countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
-    countIf(origin IS NOT NULL AND origin != '') AS client_side,
-    sumMapIf(map(ifNull(currency, ''), ifNull(amount_minor, 0)), status < 400 AND amount_minor IS NOT NULL) AS amount_minor,
+    countIf(origin != '') AS client_side,
+    sumMapIf(map(currency, amount_minor), status < 400 AND amount_minor > 0 AND currency != '') AS amount_minor,
     min(occurred_at) AS first_used_at,
     max(occurred_at) AS last_used_at,
     uniqState(ip) AS ips,
-    uniqState(country) AS countries,
-    uniqState(asn) AS asns
+    uniqState(nullIf(country, '')) AS countries,
+    uniqState(nullIf(asn, 0)) AS asns
 FROM key_usage
 WHERE key_id != ''
 GROUP BY account_id, key_id, hour;
@@ -74,21 +76,20 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS key_usage_daily_mv TO key_usage_daily AS
 SELECT
     account_id,
     key_id,
-    toDate(occurred_at) AS day,
-    count() AS requests,
-    countIf(status < 400) AS accepted,
-    countIf(status = 429) AS rate_limited,
-    sumMap(map(status, toUInt64(1))) AS by_status,
-    countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
-    countIf(origin IS NOT NULL AND origin != '') AS client_side,
-    sumMapIf(map(ifNull(currency, ''), ifNull(amount_minor, 0)), status < 400 AND amount_minor IS NOT NULL) AS amount_minor,
-    min(occurred_at) AS first_used_at,
-    max(occurred_at) AS last_used_at,
-    uniqState(ip) AS ips,
-    uniqState(country) AS countries,
-    uniqState(asn) AS asns
-FROM key_usage
-WHERE key_id != ''
+    toDate(hour) AS day,
+    sum(requests) AS requests,
+    sum(accepted) AS accepted,
+    sum(rate_limited) AS rate_limited,
+    sumMap(by_status) AS by_status,
+    sum(write_requests) AS write_requests,
+    sum(client_side) AS client_side,
+    sumMap(amount_minor) AS amount_minor,
+    min(first_used_at) AS first_used_at,
+    max(last_used_at) AS last_used_at,
+    uniqMergeState(ips) AS ips,
+    uniqMergeState(countries) AS countries,
+    uniqMergeState(asns) AS asns
+FROM key_usage_hourly
 GROUP BY account_id, key_id, day;
 
 -- Last use of every key, one row per key after merges: what the inventory and the stale-key detector read.
@@ -105,9 +106,8 @@ ORDER BY (account_id, key_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS key_last_used_mv TO key_last_used AS
-SELECT account_id, key_id, min(occurred_at) AS first_used_at, max(occurred_at) AS last_used_at, count() AS requests
-FROM key_usage
-WHERE key_id != ''
+SELECT account_id, key_id, min(first_used_at) AS first_used_at, max(last_used_at) AS last_used_at, sum(requests) AS requests
+FROM key_usage_hourly
 GROUP BY account_id, key_id;
 
 -- 429 RATE_LIMIT_EXCEEDED per key in 5-minute buckets: the rate-limit spike detector compares windows of these.

@@ -1,0 +1,131 @@
+// npm run bench:ingest — sustained events/s from a real Kafka broker into ClickHouse through `keywatch start`,
+// against Kafka's own consumer (kafka.tools ConsumerPerformance, same jars) on the same topic in the same run.
+// Env: BENCH_EVENTS (default 1,000,000), KAFKA_BROKERS (else a broker is started here).
+import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { Kafka, logLevel } from 'kafkajs'
+import { queryRows } from '../clickhouse/client.ts'
+import { usageEvent } from '../contract/synthetic.ts'
+import { openTestStorage, repoRoot, startKeywatch, tempDir } from '../test/helpers.ts'
+import { createTopics, ensureKafkaJars, runKafkaClass, startBroker } from '../test/kafka/broker.ts'
+import { groupProgress, waitFor } from '../test/kafka/admin.ts'
+
+const N = Number(process.argv.find((a) => a.startsWith('--events='))?.split('=')[1] ?? 1_000_000)
+const PARTITIONS = 3
+
+const external = process.env.KAFKA_BROKERS
+const broker = external ? undefined : await startBroker({ repoRoot })
+const brokers = external ?? broker!.brokers
+const libsDir = broker?.libsDir ?? (await ensureKafkaJars(repoRoot))
+const run = randomUUID().slice(0, 8)
+const topic = `bench-usage-${run}`
+
+try {
+  await createTopics(brokers, [topic], PARTITIONS)
+
+  // 1. The platform's side: N contract-shaped key.usage events, keyed by key_id.
+  const producer = new Kafka({ clientId: 'bench', brokers: brokers.split(','), logLevel: logLevel.NOTHING }).producer()
+  await producer.connect()
+  const now = Date.now()
+  let t = performance.now()
+  let bytes = 0
+  for (let i = 0; i < N; i += 10_000) {
+    const messages = []
+    for (let j = i; j < Math.min(N, i + 10_000); j++) {
+      const e = usageEvent(j, { keys: 10_000, accounts: 500, from: now - 3_600_000, to: now - 60_000 })
+      const value = JSON.stringify(e)
+      bytes += value.length
+      messages.push({ key: e.key_id, value })
+    }
+    await producer.send({ topic, acks: 1, messages })
+  }
+  await producer.disconnect()
+  console.log(`produced ${N.toLocaleString('en')} events (${(bytes / 1e6).toFixed(0)} MB, avg ${Math.round(bytes / N)} B) in ${((performance.now() - t) / 1000).toFixed(1)} s`)
+
+  // 2. The ceiling: Kafka's own consumer reading the same topic.
+  const perf = await runKafkaClass(libsDir, 'org.apache.kafka.tools.ConsumerPerformance', [
+    '--bootstrap-server', brokers, '--topic', topic, '--messages', String(N), '--group', `perf-${run}`, '--timeout', '60000',
+  ])
+  const kafkaRate = parseConsumerPerformance(perf.stdout)
+
+  // 3. keywatch: `keywatch start` consuming the topic into the embedded engine.
+  const dataDir = tempDir('keywatch-bench-')
+  const groupId = `keywatch-bench-${run}`
+  const env = {
+    KEYWATCH_DATA_DIR: dataDir,
+    KAFKA_BROKERS: brokers,
+    KAFKA_GROUP_ID: groupId,
+    KAFKA_TOPIC_USAGE: topic,
+    KAFKA_TOPIC_RATELIMITS: `bench-rl-${run}`,
+    KAFKA_TOPIC_AUTH: `bench-auth-${run}`,
+    KAFKA_TOPIC_LIFECYCLE: `bench-lc-${run}`,
+    KAFKA_TOPIC_LEAKS: `bench-leaks-${run}`,
+    KAFKA_TOPIC_DEAD_LETTER: `bench-dlq-${run}`,
+    LOG_LEVEL: 'warn',
+  }
+  await createTopics(brokers, [env.KAFKA_TOPIC_RATELIMITS, env.KAFKA_TOPIC_AUTH, env.KAFKA_TOPIC_LIFECYCLE, env.KAFKA_TOPIC_LEAKS], PARTITIONS)
+  const groupTopics = [topic, env.KAFKA_TOPIC_RATELIMITS, env.KAFKA_TOPIC_AUTH, env.KAFKA_TOPIC_LIFECYCLE, env.KAFKA_TOPIC_LEAKS]
+  t = performance.now()
+  const keywatch = await startKeywatch(env)
+  const startedAt = performance.now()
+  let peakRssMb = 0
+  const samples: { at: number; committed: number }[] = []
+  await waitFor(
+    'keywatch to commit every offset',
+    async () => {
+      const p = await groupProgress(brokers, groupId, groupTopics)
+      samples.push({ at: performance.now(), committed: p.committed })
+      peakRssMb = Math.max(peakRssMb, rssMb(keywatch.child.pid!))
+      return p.committed >= N
+    },
+    30 * 60_000,
+    100,
+  )
+  const first = samples.find((s) => s.committed > 0)!
+  const last = samples.at(-1)!
+  const sustained = ((last.committed - first.committed) / (last.at - first.at)) * 1000
+  const endToEnd = (N / (last.at - startedAt)) * 1000
+  keywatch.child.kill('SIGTERM')
+  await keywatch.exited
+
+  const storage = await openTestStorage(dataDir)
+  const [stored] = await queryRows<{ n: string }>(storage.client, 'SELECT count() AS n FROM key_usage')
+  const [rolled] = await queryRows<{ n: string }>(storage.client, 'SELECT sum(requests) AS n FROM key_usage_hourly')
+  await storage.close()
+
+  console.log('')
+  console.log(`bench:ingest  ${N.toLocaleString('en')} key.usage events, ${PARTITIONS} partitions, 2 cores`)
+  console.log(`  kafka ConsumerPerformance (ceiling)     ${fmt(kafkaRate.fetchRate)} events/s   (incl. group join: ${fmt(kafkaRate.rate)} events/s)`)
+  console.log(`  keywatch sustained Kafka -> ClickHouse  ${fmt(sustained)} events/s   (first commit to last)`)
+  console.log(`  keywatch end to end                     ${fmt(endToEnd)} events/s   (process start to last commit, startup ${((startedAt - t) / 1000).toFixed(1)} s)`)
+  console.log(`  ratio sustained / kafka                 ${(sustained / kafkaRate.fetchRate).toFixed(2)}`)
+  console.log(`  keywatch peak RSS                       ${peakRssMb.toFixed(0)} MB`)
+  console.log(`  stored ${Number(stored!.n).toLocaleString('en')} rows, rollup sum ${Number(rolled!.n).toLocaleString('en')}  ${Number(stored!.n) === N && Number(rolled!.n) === N ? '(exact)' : '(MISMATCH)'}`)
+  console.log(`  target: >= 50,000 events/s sustained and >= 0.5 of Kafka's own consumer`)
+  if (Number(stored!.n) !== N) process.exitCode = 1
+} finally {
+  await broker?.stop()
+}
+
+/** ConsumerPerformance prints a CSV header and one line of figures. */
+function parseConsumerPerformance(stdout: string): { rate: number; fetchRate: number } {
+  const lines = stdout.trim().split('\n').filter((l) => l.includes(','))
+  const header = lines.find((l) => l.includes('nMsg.sec'))?.split(',').map((s) => s.trim())
+  const values = lines.at(-1)?.split(',').map((s) => s.trim())
+  if (!header || !values) throw new Error(`unexpected ConsumerPerformance output:\n${stdout}`)
+  const get = (name: string) => Number(values[header.indexOf(name)])
+  return { rate: get('nMsg.sec'), fetchRate: get('fetch.nMsg.sec') }
+}
+
+function rssMb(pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) / 1024 : 0
+  } catch {
+    return 0
+  }
+}
+
+function fmt(n: number): string {
+  return Math.round(n).toLocaleString('en').padStart(9)
+}

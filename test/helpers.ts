@@ -1,0 +1,94 @@
+// Shared test helpers: temporary data directories, the real CLI as a child process, and the embedded engine.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, readFileSync, readdirSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { openStorage, queryRows, type Storage } from '../clickhouse/client.ts'
+import { migrate } from '../clickhouse/migrate.ts'
+
+export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+export const contractDir = resolve(repoRoot, '..', 'shared', 'contract')
+const NODE = process.execPath // vitest runs on the Node 24 that npm put first on PATH
+const BIN = join(repoRoot, 'bin', 'keywatch.js')
+
+export function tempDir(prefix = 'keywatch-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix))
+}
+
+/** Every line of every example file of the contract, by event type. */
+export function contractExamples(): { type: string; line: string }[] {
+  const dir = join(contractDir, 'examples')
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.ndjson'))
+    .flatMap((f) =>
+      readFileSync(join(dir, f), 'utf8')
+        .split('\n')
+        .filter((l) => l.trim())
+        .map((line) => ({ type: (JSON.parse(line) as { type: string }).type, line })),
+    )
+}
+
+/** Opens (and migrates) the embedded engine in `dataDir`. One data directory per test process. */
+export async function openTestStorage(dataDir: string): Promise<Storage> {
+  const storage = await openStorage({ mode: 'embedded', dataDir, database: 'keywatch' })
+  await migrate(storage.client)
+  return storage
+}
+
+export async function count(storage: Storage, sql: string, params: Record<string, unknown> = {}): Promise<number> {
+  const [row] = await queryRows<{ n: string | number }>(storage.client, sql, params)
+  return Number(row?.n ?? 0)
+}
+
+export interface CliResult {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+/** Runs `keywatch ARGS` to completion. `env` is added to a minimal environment (no inherited KEYWATCH_/KAFKA_ vars). */
+export function runCli(args: string[], env: Record<string, string>, input?: string | Buffer): Promise<CliResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(NODE, [BIN, ...args], { env: cleanEnv(env), cwd: repoRoot })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('error', reject)
+    child.on('close', (code) => resolvePromise({ code, stdout, stderr }))
+    if (input !== undefined) child.stdin.end(input)
+    else child.stdin.end()
+  })
+}
+
+/** Starts `keywatch start` and resolves once its log says it started. */
+export async function startKeywatch(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
+  const child = spawn(NODE, [BIN, 'start'], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
+  let logs = ''
+  child.stdout!.on('data', (d) => (logs += d))
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)))
+  const url = await new Promise<string>((resolveUrl, reject) => {
+    const timer = setTimeout(() => reject(new Error(`keywatch did not start in 60 s:\n${logs}`)), 60_000)
+    child.stderr!.on('data', (d: Buffer) => {
+      logs += d
+      const m = /"url":"([^"]+)"[^\n]*"msg":"keywatch started"/.exec(logs)
+      if (m) {
+        clearTimeout(timer)
+        resolveUrl(m[1]!)
+      }
+    })
+    void exited.then((code) => {
+      clearTimeout(timer)
+      reject(new Error(`keywatch exited with ${code} before starting:\n${logs}`))
+    })
+  })
+  return { child, url, logs: () => logs, exited }
+}
+
+function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ']
+  const env: NodeJS.ProcessEnv = {}
+  for (const k of keep) if (process.env[k] !== undefined) env[k] = process.env[k]
+  return { ...env, LOG_LEVEL: 'info', ...extra }
+}
