@@ -56,12 +56,15 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
   }
 
   const { createChdbConnection } = await import('chdb/connection')
+  // Ask before the engine does: its own refusal is a native message on stderr and a generic error.
+  const holder = enginePid(config.dataDir)
+  if (holder !== undefined && holder !== process.pid && isAlive(holder)) throw new DataDirLockedError(config.dataDir, holder)
   let connection
   try {
     connection = createChdbConnection({ path: config.dataDir })
   } catch (err) {
-    const text = String((err as Error)?.message) + String((err as { cause?: Error })?.cause?.message)
-    if (/Cannot lock file|Another server instance/i.test(text)) throw new DataDirLockedError(config.dataDir, enginePid(config.dataDir))
+    const pid = enginePid(config.dataDir)
+    if (pid !== undefined && pid !== process.pid && isAlive(pid)) throw new DataDirLockedError(config.dataDir, pid)
     throw err
   }
   // chdb types its connection against @clickhouse/client-common, which @clickhouse/client now bundles: same shape.
@@ -81,6 +84,15 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
       await engine.rawInsert({ table, values: body, columns: Object.keys(rows[0]), format: 'JSONCompactEachRow', settings })
     },
     close: () => client.close(),
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 

@@ -1,6 +1,6 @@
 // Shared test helpers: temporary data directories, the real CLI as a child process, and the embedded engine.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, readdirSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -9,7 +9,9 @@ import { migrate } from '../clickhouse/migrate.ts'
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const contractDir = resolve(repoRoot, '..', 'shared', 'contract')
-const NODE = process.execPath // vitest runs on the Node 24 that npm put first on PATH
+// The Node 24 that npm installed: keywatch runs on it directly, without bin/keywatch.js re-spawning itself
+// (a signal sent to a re-spawning parent would not reach the real process).
+const NODE = existsSync(join(repoRoot, 'node_modules', 'node', 'bin', 'node')) ? join(repoRoot, 'node_modules', 'node', 'bin', 'node') : process.execPath
 const BIN = join(repoRoot, 'bin', 'keywatch.js')
 
 export function tempDir(prefix = 'keywatch-test-'): string {
