@@ -23,7 +23,7 @@ export class ApiError extends Error {
 }
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: deps.log, disableRequestLogging: false, bodyLimit: 1024 * 1024 })
+  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024 })
 
   // One error shape for every failure: { error: { code, message } }. Unknown errors never leak internals.
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, request, reply) => {

@@ -1,6 +1,6 @@
 // The only file that knows kafkajs: a partition-batch consumer with explicit commits, and a producer.
 // Swapping the client library means rewriting this file only.
-import { Kafka, logLevel as KafkaLogLevel, type Consumer, type Producer } from 'kafkajs'
+import { Kafka, logLevel as KafkaLogLevel, Partitioners, type Consumer, type Producer } from 'kafkajs'
 
 export interface KafkaSettings {
   brokers: string[]
@@ -45,7 +45,7 @@ export class KafkaProducer {
   private constructor(private readonly producer: Producer) {}
 
   static async connect(settings: KafkaSettings, log: Logger): Promise<KafkaProducer> {
-    const producer = client(settings, log).producer({ allowAutoTopicCreation: true, idempotent: false })
+    const producer = client(settings, log).producer({ allowAutoTopicCreation: true, idempotent: false, createPartitioner: Partitioners.DefaultPartitioner })
     await producer.connect()
     return new KafkaProducer(producer)
   }
