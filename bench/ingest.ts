@@ -2,7 +2,7 @@
 // against Kafka's own consumer (kafka.tools ConsumerPerformance, same jars) on the same topic in the same run.
 // Env: BENCH_EVENTS (default 1,000,000), KAFKA_BROKERS (else a broker is started here).
 import { randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { Kafka, logLevel } from 'kafkajs'
 import { queryRows } from '../clickhouse/client.ts'
 import { usageEvent } from '../contract/synthetic.ts'
@@ -65,6 +65,9 @@ try {
     KAFKA_TOPIC_LIFECYCLE: `bench-lc-${run}`,
     KAFKA_TOPIC_LEAKS: `bench-leaks-${run}`,
     KAFKA_TOPIC_DEAD_LETTER: `bench-dlq-${run}`,
+    ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
+    ...(process.env.BENCH_LOG_LEVEL ? { LOG_LEVEL: process.env.BENCH_LOG_LEVEL } : {}),
+    ...(process.env.BENCH_BATCH_ROWS ? { INGEST_BATCH_MAX_ROWS: process.env.BENCH_BATCH_ROWS, INGEST_BATCH_MAX_WAIT_MS: '1000' } : {}),
   }
   await createTopics(brokers, [env.KAFKA_TOPIC_RATELIMITS, env.KAFKA_TOPIC_AUTH, env.KAFKA_TOPIC_LIFECYCLE, env.KAFKA_TOPIC_LEAKS], PARTITIONS)
   const groupTopics = [topic, env.KAFKA_TOPIC_RATELIMITS, env.KAFKA_TOPIC_AUTH, env.KAFKA_TOPIC_LIFECYCLE, env.KAFKA_TOPIC_LEAKS]
@@ -90,6 +93,7 @@ try {
   const endToEnd = (N / (last.at - startedAt)) * 1000
   keywatch.child.kill('SIGTERM')
   await keywatch.exited
+  if (process.env.BENCH_LOG_FILE) writeFileSync(process.env.BENCH_LOG_FILE, keywatch.logs())
 
   const storage = await openTestStorage(dataDir)
   const [stored] = await queryRows<{ n: string }>(storage.client, 'SELECT count() AS n FROM key_usage')

@@ -31,8 +31,8 @@ const envSchema = z.object({
   KAFKA_TOPIC_DEAD_LETTER: topic.default('keywatch.deadletter'),
 
   INGEST_BATCH_MAX_ROWS: positiveInt.default(20_000),
-  INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(250),
-  INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(2),
+  INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
+  INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
 
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),

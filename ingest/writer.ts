@@ -1,5 +1,6 @@
-// Step three: a batching writer per table. Rows wait in a buffer until it is full or old enough, then go to
-// ClickHouse as one insert; each caller's promise settles only when the insert covering its rows is acknowledged,
+// Step three: a batching writer per table. Rows wait in a buffer until it is full, or until the table's current
+// batch has looked up its duplicates (group commit: batches grow with the load), or briefly when the table is idle;
+// then they go to ClickHouse as one insert; each caller's promise settles only when the insert covering its rows is acknowledged,
 // which is what lets the Kafka consumer commit offsets safely. Rows are never dropped: a failed insert is retried
 // with the same deduplication token, and when retries run out the callers get the error (and do not commit).
 import { createHash } from 'node:crypto'
@@ -15,10 +16,10 @@ export interface WriteResult {
 export interface WriterOptions {
   maxRows: number
   maxWaitMs: number
-  /** Inserts in flight across all tables (one per table at most); further flushes wait their turn. */
+  /** Lookups and inserts running at once across all tables; further ones wait their turn. */
   maxInflight: number
   retries?: number
-  onFlush?: (table: TableName, stats: { rows: number; stored: number; duplicates: number; ms: number }) => void
+  onFlush?: (table: TableName, stats: { rows: number; stored: number; duplicates: number; ms: number; lookupMs: number }) => void
 }
 
 /** An insert failed after its retries; `retriable` says whether trying the same rows later may work. */
@@ -53,11 +54,23 @@ class Semaphore {
   }
 }
 
+interface TableState {
+  waiters: Waiter[]
+  rows: number
+  timer?: NodeJS.Timeout
+  /** A batch is looking up its duplicates (not yet inserting): new rows wait for it. */
+  lookingUp: boolean
+  /** Settles when the latest batch knows which of its rows are new. */
+  lastLookup: Promise<void>
+  /** Settles when the latest batch's insert is acknowledged; rejects if it failed. */
+  lastInsert: Promise<void>
+  /** Ids of batches handed to ClickHouse but not yet acknowledged. */
+  unsettled: Set<string>
+}
+
 export class EventWriter {
-  private readonly buffers = new Map<TableName, { waiters: Waiter[]; rows: number; timer?: NodeJS.Timeout }>()
+  private readonly tables = new Map<TableName, TableState>()
   private readonly inflight = new Set<Promise<void>>()
-  // One insert at a time per table: batch N+1 looks for duplicates only after batch N is stored.
-  private readonly lastInsert = new Map<TableName, Promise<void>>()
   private readonly limiter: Semaphore
 
   constructor(
@@ -70,70 +83,113 @@ export class EventWriter {
   /** Queues rows of one table; resolves once they are stored (or found already stored). */
   write(table: TableName, rows: Row[]): Promise<WriteResult> {
     if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0 })
-    let buffer = this.buffers.get(table)
-    if (!buffer) this.buffers.set(table, (buffer = { waiters: [], rows: 0 }))
-    const promise = new Promise<WriteResult>((resolve, reject) => buffer.waiters.push({ rows, resolve, reject }))
-    buffer.rows += rows.length
-    if (buffer.rows >= this.options.maxRows) this.flush(table)
-    else buffer.timer ??= setTimeout(() => this.flush(table), this.options.maxWaitMs)
+    const state = this.state(table)
+    const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, resolve, reject }))
+    state.rows += rows.length
+    if (state.rows >= this.options.maxRows) this.flush(table)
+    // Group commit: an idle table lingers briefly for more rows; a busy one sends what piled up once its current
+    // batch has looked up its duplicates and moved on to inserting.
+    else if (!state.lookingUp) state.timer ??= setTimeout(() => this.flush(table), this.options.maxWaitMs)
     return promise
   }
 
   /** Sends every buffered row now and waits for all inserts in flight. */
   async drain(): Promise<void> {
-    for (const table of this.buffers.keys()) this.flush(table)
+    for (const table of this.tables.keys()) this.flush(table)
     while (this.inflight.size) await Promise.allSettled([...this.inflight])
   }
 
+  private state(table: TableName): TableState {
+    let state = this.tables.get(table)
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(), unsettled: new Set() }))
+    return state
+  }
+
   private flush(table: TableName): void {
-    const buffer = this.buffers.get(table)
-    if (!buffer || buffer.waiters.length === 0) return
-    clearTimeout(buffer.timer)
-    this.buffers.set(table, { waiters: [], rows: 0 })
-    const previous = this.lastInsert.get(table) ?? Promise.resolve()
-    const task: Promise<void> = previous.then(() => this.insertBatch(table, buffer.waiters)).finally(() => {
-      this.inflight.delete(task)
-      if (this.lastInsert.get(table) === task) this.lastInsert.delete(table)
-    })
-    this.lastInsert.set(table, task)
+    const state = this.state(table)
+    clearTimeout(state.timer)
+    state.timer = undefined
+    if (state.waiters.length === 0) return
+    const waiters = state.waiters
+    state.waiters = []
+    state.rows = 0
+    const task = this.insertBatch(table, state, waiters).finally(() => this.inflight.delete(task))
     this.inflight.add(task)
   }
 
-  private async insertBatch(table: TableName, waiters: Waiter[]): Promise<void> {
-    const release = await this.limiter.acquire()
+  /**
+   * Looks up which rows are stored already while the previous batch of the table is still inserting, then inserts
+   * the rest once that batch is acknowledged. Rows of earlier unacknowledged batches count as stored: if one of
+   * those batches fails, this one fails too, so nothing is skipped on the strength of an insert that did not land.
+   */
+  private async insertBatch(table: TableName, state: TableState, waiters: Waiter[]): Promise<void> {
+    const previous = state.lastInsert
+    const previousLookup = state.lastLookup
+    const rows = waiters.flatMap((w) => w.rows)
+    const fresh = new Map<string, Row>()
+    let markInserted!: () => void
+    let markFailed!: (err: unknown) => void
+    const inserted = new Promise<void>((resolve, reject) => ((markInserted = resolve), (markFailed = reject)))
+    inserted.catch(() => undefined) // observed by the next batch
+    let markLookedUp!: () => void
+    state.lastLookup = new Promise<void>((resolve) => (markLookedUp = resolve))
+    state.lastInsert = inserted
+    state.lookingUp = true
     const started = performance.now()
+    let lookupMs = 0
     try {
-      const rows = waiters.flatMap((w) => w.rows)
-      const existing = await this.withRetries(() => this.storedIds(rows))
-      // First occurrence wins: a batch may also carry the same event twice.
-      const fresh = new Map<string, Row>()
-      for (const row of rows) if (!existing.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
-      if (fresh.size > 0) {
-        const values = [...fresh.values()].map((r) => r.values)
-        // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
-        const token = createHash('sha256').update([...fresh.keys()].join(',')).digest('hex')
-        await this.withRetries(() =>
-          this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 }),
-        )
-      }
-      // Attribute stored vs duplicate rows to each caller.
-      const claimed = new Set<string>()
-      for (const w of waiters) {
-        let stored = 0
-        for (const row of w.rows) {
-          if (fresh.get(row.eventId) === row && !claimed.has(row.eventId)) {
-            claimed.add(row.eventId)
-            stored++
-          }
+      await previousLookup // the ids of every earlier batch are known (stored, or in `unsettled`)
+      const ahead = new Set(state.unsettled)
+      const release = await this.limiter.acquire()
+      try {
+        const existing = await this.withRetries(() => this.storedIds(rows))
+        lookupMs = performance.now() - started
+        // First occurrence wins: a batch may also carry the same event twice.
+        for (const row of rows) {
+          if (!existing.has(row.eventId) && !ahead.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
         }
-        w.resolve({ stored, duplicates: w.rows.length - stored })
+        for (const id of fresh.keys()) state.unsettled.add(id)
+      } finally {
+        release()
+        markLookedUp()
+        state.lookingUp = false
+        this.flush(table) // what piled up during the lookup goes next
       }
-      this.options.onFlush?.(table, { rows: rows.length, stored: fresh.size, duplicates: rows.length - fresh.size, ms: performance.now() - started })
+      await previous
+      const release2 = await this.limiter.acquire()
+      try {
+        if (fresh.size > 0) {
+          const values = [...fresh.values()].map((r) => r.values)
+          // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
+          const token = createHash('sha256').update([...fresh.keys()].join(',')).digest('hex')
+          await this.withRetries(() =>
+            this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 }),
+          )
+        }
+      } finally {
+        release2()
+      }
+      markInserted()
     } catch (err) {
+      markFailed(err)
       for (const w of waiters) w.reject(err)
+      return
     } finally {
-      release()
+      for (const id of fresh.keys()) state.unsettled.delete(id)
     }
+    // Attribute stored vs duplicate rows to each caller.
+    const claimed = new Set<string>()
+    for (const w of waiters) {
+      let stored = 0
+      for (const row of w.rows) {
+        if (fresh.get(row.eventId) === row && !claimed.has(row.eventId)) {
+          claimed.add(row.eventId)
+          stored++
+        }
+      }
+      w.resolve({ stored, duplicates: w.rows.length - stored })
+    }
+    this.options.onFlush?.(table, { rows: rows.length, stored: fresh.size, duplicates: rows.length - fresh.size, ms: performance.now() - started, lookupMs })
   }
 
   /** Which of these events are stored already. Redeliveries carry their original occurred_at: look in that span only. */
