@@ -34,7 +34,7 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
     return {
       ok: false,
       reason: 'unknown_type',
-      detail: `type ${JSON.stringify(type)} is not one of ${Object.keys(inboundSchemas).join(', ')}`,
+      detail: `${type === undefined ? 'type is missing' : `type ${JSON.stringify(type)} is unknown`}; expected one of ${Object.keys(inboundSchemas).join(', ')}`,
       eventId,
     }
   }

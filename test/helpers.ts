@@ -67,11 +67,18 @@ export function runCli(args: string[], env: Record<string, string>, input?: stri
 /** Starts `keywatch start` and resolves once its log says it started. */
 export async function startKeywatch(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
   const child = spawn(NODE, [BIN, 'start'], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
+  // A failing test must not leave a keywatch holding a data directory or a consumer group.
+  const killOnExit = () => child.kill('SIGKILL')
+  process.once('exit', killOnExit)
+  child.once('exit', () => process.off('exit', killOnExit))
   let logs = ''
   child.stdout!.on('data', (d) => (logs += d))
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)))
   const url = await new Promise<string>((resolveUrl, reject) => {
-    const timer = setTimeout(() => reject(new Error(`keywatch did not start in 60 s:\n${logs}`)), 60_000)
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`keywatch did not start in 60 s:\n${logs}`))
+    }, 60_000)
     child.stderr!.on('data', (d: Buffer) => {
       logs += d
       const m = /"url":"([^"]+)"[^\n]*"msg":"keywatch started"/.exec(logs)
