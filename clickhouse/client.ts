@@ -20,6 +20,9 @@ export class DataDirLockedError extends Error {
   }
 }
 
+// The same answers from both engines: 64-bit counts as JSON numbers (the server would quote them, chdb does not).
+const SETTINGS = { output_format_json_quote_64bit_integers: 0 } as const
+
 export interface Storage {
   client: ClickHouseClient
   database: string
@@ -42,7 +45,7 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
     } finally {
       await bootstrap.close()
     }
-    const client = createClient({ url: config.url, username: config.user, password: config.password, database: config.database })
+    const client = createClient({ url: config.url, username: config.user, password: config.password, database: config.database, clickhouse_settings: SETTINGS })
     return {
       client,
       database: config.database,
@@ -69,7 +72,7 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
   }
   // chdb types its connection against @clickhouse/client-common, which @clickhouse/client now bundles: same shape.
   type ClientConnection = NonNullable<NonNullable<Parameters<typeof createClient>[0]>['connection']>
-  const client = createClient({ connection: connection as unknown as ClientConnection })
+  const client = createClient({ connection: connection as unknown as ClientConnection, clickhouse_settings: SETTINGS })
   // The chdb connection is one session: USE sticks for every later query on it.
   await client.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
   await client.command({ query: 'USE {db:Identifier}', query_params: { db: config.database } })
