@@ -22,6 +22,16 @@ export class ApiError extends Error {
   }
 }
 
+const CODE_OF_STATUS: Record<number, string> = {
+  400: 'bad_request',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  413: 'payload_too_large',
+  415: 'unsupported_media_type',
+  429: 'rate_limited',
+}
+
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024 })
 
@@ -29,7 +39,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, request, reply) => {
     if (err instanceof ApiError) return reply.status(err.statusCode).send({ error: { code: err.code, message: err.message } })
     if (err.validation || (err.statusCode && err.statusCode < 500)) {
-      return reply.status(err.statusCode ?? 400).send({ error: { code: err.code ?? 'bad_request', message: err.message } })
+      const status = err.statusCode ?? 400
+      return reply.status(status).send({ error: { code: CODE_OF_STATUS[status] ?? 'bad_request', message: err.message } })
     }
     request.log.error({ err }, 'request failed')
     return reply.status(500).send({ error: { code: 'internal', message: 'internal error; see the server log for request ' + request.id } })
