@@ -11,7 +11,8 @@ export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const contractDir = resolve(repoRoot, '..', 'shared', 'contract')
 // The Node 24 that npm installed: keywatch runs on it directly, without bin/keywatch.js re-spawning itself
 // (a signal sent to a re-spawning parent would not reach the real process).
-const NODE = existsSync(join(repoRoot, 'node_modules', 'node', 'bin', 'node')) ? join(repoRoot, 'node_modules', 'node', 'bin', 'node') : process.execPath
+export const nodeBinary = existsSync(join(repoRoot, 'node_modules', 'node', 'bin', 'node')) ? join(repoRoot, 'node_modules', 'node', 'bin', 'node') : process.execPath
+const NODE = nodeBinary
 const BIN = join(repoRoot, 'bin', 'keywatch.js')
 
 export function tempDir(prefix = 'keywatch-test-'): string {
