@@ -78,8 +78,9 @@ export class KafkaBatchConsumer {
   private readonly pending = new Map<string, Promise<void>[]>()
   // Per partition: settles after the latest batch is committed; rejected if any batch in it failed.
   private readonly chains = new Map<string, Promise<void>>()
-  private failure?: unknown
+  private failed = false
   private stopping = false
+  private restarting?: Promise<void>
 
   constructor(
     private readonly settings: KafkaSettings,
@@ -105,18 +106,12 @@ export class KafkaBatchConsumer {
     })
     await consumer.run({
       autoCommit: false,
-      eachBatchAutoResolve: true,
+      // Offsets are resolved by hand: a batch returned from unhandled (stale after a rebalance, stopping, failed)
+      // is fetched again instead of skipped, so no commit can move past events that were never stored.
+      eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: this.options.partitionsConsumedConcurrently,
-      eachBatch: async ({ batch, isRunning, isStale, heartbeat }) => {
-        if (this.failure) {
-          // An earlier batch was not stored: restart from the last commit rather than commit past it.
-          const err = this.failure
-          this.failure = undefined
-          this.pending.clear()
-          this.chains.clear()
-          throw err
-        }
-        if (!isRunning() || isStale() || this.stopping) return
+      eachBatch: async ({ batch, isRunning, isStale, heartbeat, resolveOffset }) => {
+        if (this.failed || this.stopping || !isRunning() || isStale()) return
         const key = `${batch.topic}/${batch.partition}`
         const queue = this.pending.get(key) ?? []
         this.pending.set(key, queue)
@@ -124,21 +119,52 @@ export class KafkaBatchConsumer {
           await queue[0]!.catch(() => undefined)
           await heartbeat()
         }
+        if (this.failed || this.stopping || !isRunning() || isStale()) return
         const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
         const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset })
-        const chain = Promise.all([this.chains.get(key), work]).then(() =>
-          consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }]),
-        )
+        const chain = Promise.all([this.chains.get(key), work]).then(() => {
+          if (this.failed) throw new Error('an earlier batch failed; not committing past it')
+          return consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+        })
         this.chains.set(key, chain)
         const done: Promise<void> = chain
           .catch((err) => {
-            this.failure ??= err
-            this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; will reconsume from last commit')
+            this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; restarting from the last commit')
+            this.failed = true
+            this.restarting ??= this.restart(handle)
           })
           .finally(() => queue.splice(queue.indexOf(done), 1))
         queue.push(done)
+        resolveOffset(batch.lastOffset()) // fetch on; the commit waits for the store above
       },
     })
+  }
+
+  /**
+   * After a failed batch: let everything in flight settle, leave the group and join again with a new consumer, which
+   * fetches from the committed offsets. The failed batch and everything after it come again; stored ones are
+   * recognised as duplicates.
+   */
+  private async restart(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
+    await this.settle()
+    await this.consumer?.disconnect().catch((err) => this.log.warn({ err: String(err) }, 'disconnect failed'))
+    this.pending.clear()
+    this.chains.clear()
+    if (this.stopping) return
+    await new Promise((r) => setTimeout(r, 1_000))
+    this.failed = false
+    this.restarting = undefined
+    await this.start(handle).catch((err) => {
+      this.log.error({ err: String(err) }, 'kafka consumer restart failed; retrying')
+      this.failed = true
+      this.restarting = this.restart(handle)
+    })
+  }
+
+  private async settle(): Promise<void> {
+    while ([...this.pending.values()].some((q) => q.length)) {
+      await Promise.allSettled([...this.pending.values()].flat())
+    }
   }
 
   /** Stops fetching, waits until everything handed over is stored and committed, then leaves the group. */
@@ -146,9 +172,8 @@ export class KafkaBatchConsumer {
     if (!this.consumer) return
     this.stopping = true
     this.consumer.pause(this.options.topics.map((topic) => ({ topic })))
-    while ([...this.pending.values()].some((q) => q.length)) {
-      await Promise.allSettled([...this.pending.values()].flat())
-    }
+    await this.settle()
+    await this.restarting
     await this.consumer.disconnect()
   }
 }

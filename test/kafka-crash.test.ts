@@ -70,7 +70,8 @@ describe('crash safety', () => {
     expect(await second.exited).toBe(0)
 
     storage = await openTestStorage(dataDir)
-    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(N)
+    const problems = [first.logs(), second.logs()].join('\n').split('\n').filter((l) => /"level":(40|50|60)/.test(l)).join('\n')
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage'), problems).toBe(N)
     expect(await count(storage, 'SELECT uniqExact(event_id) AS n FROM key_usage')).toBe(N)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_hourly')).toBe(N)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_daily')).toBe(N)
