@@ -149,6 +149,12 @@ function dataDirOf(cfg: Config): string {
   return cfg.clickhouse.mode === 'embedded' ? cfg.clickhouse.dataDir : cfg.clickhouse.url
 }
 
+// kafkajs computes a negative timeout on Node >= 24 (harmless); keep that one warning out of operators' logs.
+process.removeAllListeners('warning')
+process.on('warning', (warning) => {
+  if (warning.name !== 'TimeoutNegativeWarning') process.stderr.write(`${warning.name}: ${warning.message}\n`)
+})
+
 const program = new Command()
   .name('keywatch')
   .description('Security monitoring and audit analytics for a payment platform\'s API keys')
