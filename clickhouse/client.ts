@@ -76,6 +76,10 @@ export async function openStorage(config: Config['clickhouse']): Promise<Storage
   // The chdb connection is one session: USE sticks for every later query on it.
   await client.command({ query: 'CREATE DATABASE IF NOT EXISTS {db:Identifier}', query_params: { db: config.database } })
   await client.command({ query: 'USE {db:Identifier}', query_params: { db: config.database } })
+  // The engine loads tables and their parts in the background after a restart; a query that runs before may see
+  // part of the data (seen after a crash: a lookup missing stored events). Wait until everything is loaded.
+  const tables = await queryRows<{ name: string }>(client, "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'")
+  for (const { name } of tables) await client.command({ query: 'SYSTEM WAIT LOADING PARTS {table:Identifier}', query_params: { table: name } })
   const engine = connection.chdb
   return {
     client,

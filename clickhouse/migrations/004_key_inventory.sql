@@ -1,7 +1,8 @@
--- The current key inventory, folded from lifecycle events at read time. Lifecycle events are few (a handful per
--- key) and arrive late and out of order, so an exact fold over them is cheap and always right.
+-- The key inventory as of a moment, folded from lifecycle events at read time: `key_inventory_at(at = …)` for
+-- detectors and backtests, `key_inventory` for now. Lifecycle events are few (a handful per key) and arrive late
+-- and out of order, so an exact fold over them is cheap and always right.
 -- status: revoked and expired are terminal; a rotation whose grace period is running is 'rotating'.
-CREATE VIEW IF NOT EXISTS key_inventory AS
+CREATE VIEW IF NOT EXISTS key_inventory_at AS
 WITH toDateTime64(0, 3, 'UTC') AS never
 SELECT
     account_id,
@@ -30,4 +31,8 @@ SELECT
         'active')                                                                AS status,
     max(occurred_at)                                                             AS last_event_at
 FROM key_lifecycle
+WHERE occurred_at <= {at:DateTime64(3, 'UTC')}
 GROUP BY account_id, key_id;
+
+CREATE VIEW IF NOT EXISTS key_inventory AS
+SELECT * FROM key_inventory_at(at = now64(3));
