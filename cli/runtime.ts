@@ -2,6 +2,7 @@
 import pino, { type Logger } from 'pino'
 import { openStorage, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
+import { recoverViews } from '../clickhouse/recovery.ts'
 import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
@@ -25,6 +26,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   try {
     const result = await migrate(storage.client)
     if (result.applied.length) log.info({ applied: result.applied }, 'migrations applied')
+    const recovered = await recoverViews(storage)
+    if (recovered.eventIdsRestored || recovered.usageKeyDaysRebuilt || recovered.ratelimitKeyBucketsRebuilt) {
+      log.warn(recovered, 'repaired views left incomplete by an unclean stop')
+    }
   } catch (err) {
     await storage.close()
     throw err

@@ -1,6 +1,8 @@
 // None lost, none twice: N events on a real broker, the consumer SIGKILLed mid-stream and restarted, exactly N stored,
 // in the raw table and in the rollups the materialized views keep.
 import { randomUUID } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { afterAll, describe, expect, inject, it } from 'vitest'
 import type { Storage } from '../clickhouse/client.ts'
 import { usageEvent } from '../contract/synthetic.ts'
@@ -28,6 +30,7 @@ const env = {
   // Small batches: many commits, so a kill lands between them.
   INGEST_BATCH_MAX_ROWS: '500',
   INGEST_BATCH_MAX_WAIT_MS: '20',
+  LOG_LEVEL: 'debug',
 }
 
 let storage: Storage | undefined
@@ -71,7 +74,9 @@ describe('crash safety', () => {
 
     storage = await openTestStorage(dataDir)
     const problems = [first.logs(), second.logs()].join('\n').split('\n').filter((l) => /"level":(40|50|60)/.test(l)).join('\n')
-    expect(await count(storage, 'SELECT count() AS n FROM key_usage'), problems).toBe(N)
+    writeFileSync(join(dataDir, '..', `crash-${run}-first.log`), first.logs())
+    writeFileSync(join(dataDir, '..', `crash-${run}-second.log`), second.logs())
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage'), `${dataDir} ${problems}`).toBe(N)
     expect(await count(storage, 'SELECT uniqExact(event_id) AS n FROM key_usage')).toBe(N)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_hourly')).toBe(N)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_daily')).toBe(N)
