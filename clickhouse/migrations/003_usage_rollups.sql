@@ -43,8 +43,8 @@ SELECT
     sumMap(map(status, toUInt64(1))) AS by_status,
     countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
     countIf(origin != ''
-        OR match(sdk, '(?i)react-native|ios|android|browser|-js/')
-        OR match(user_agent, '^Mozilla/5\\.0 .*(Chrome|Firefox|Safari|Edg|OPR)/')) AS client_side,
+        OR multiSearchAnyCaseInsensitive(sdk, ['react-native', 'ios', 'android', 'browser', '-js/'])
+        OR (startsWith(user_agent, 'Mozilla/5.0') AND multiSearchAny(user_agent, ['Chrome/', 'Firefox/', 'Safari/', 'Edg/', 'OPR/']))) AS client_side,
     countIf((key_usage.mode = 'live' AND client_env IN ('staging', 'development', 'ci')) OR (key_usage.mode = 'test' AND client_env = 'production')) AS mode_mismatch,
     sumMapIf(map(currency, amount_minor), status < 400 AND amount_minor > 0 AND currency != '') AS amount_minor,
     min(occurred_at) AS first_used_at,
