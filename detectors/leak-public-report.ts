@@ -1,0 +1,67 @@
+// A secret found in public whose hash matches the current secret of a key: the key is compromised.
+import { defineDetector } from './detector.ts'
+
+export interface LeakRow {
+  event_id: string
+  account_id: string
+  reported_account_id: string
+  key_id: string
+  key_prefix: string
+  key_kind: string
+  mode: string
+  key_status: string
+  auto_generated: boolean
+  token_sha256: string
+  token_prefix: string | null
+  source: string
+  url: string | null
+  reported_at: string
+}
+
+/** Leak reports of the lookback window, each with the key whose secret (current or superseded) it matches. */
+export const LEAK_MATCH_QUERY = `
+WITH secrets AS (
+    SELECT account_id, key_id, secret_sha256, key_prefix, key_kind, mode,
+           occurred_at = max(occurred_at) OVER (PARTITION BY account_id, key_id) AS is_current
+    FROM key_lifecycle
+    WHERE action IN ('created', 'reset') AND secret_sha256 IS NOT NULL AND occurred_at <= {at:DateTime64(3, 'UTC')}
+)
+SELECT toString(l.event_id) AS event_id, l.account_id AS reported_account_id, l.token_sha256 AS token_sha256,
+       l.token_prefix AS token_prefix, l.source AS source, l.url AS url, toString(l.occurred_at) AS reported_at,
+       s.account_id AS account_id, s.key_id AS key_id, s.key_prefix AS key_prefix, s.key_kind AS key_kind, s.mode AS mode,
+       s.is_current AS is_current, inv.status AS key_status, inv.auto_generated AS auto_generated
+FROM leak_reports AS l
+LEFT JOIN secrets AS s ON s.secret_sha256 = l.token_sha256
+LEFT JOIN key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS inv ON inv.account_id = s.account_id AND inv.key_id = s.key_id
+WHERE l.occurred_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
+  AND l.occurred_at <= {at:DateTime64(3, 'UTC')}
+`
+
+export default defineDetector({
+  id: 'leak.public_report',
+  title: 'Secret key found in public',
+  severity: 'critical',
+  schedule: '* * * * *',
+  lookback: '1 day of leak reports (and at once as each report is ingested)',
+  params: { lookback_seconds: 86_400 },
+  query: `SELECT * FROM (${LEAK_MATCH_QUERY}) WHERE key_id != '' AND is_current`,
+  toFinding: (r: LeakRow) => ({
+    detector: 'leak.public_report',
+    severity: 'critical',
+    account_id: r.account_id,
+    key_id: r.key_id,
+    title: `${r.key_prefix} (${r.mode} ${r.key_kind} key) found in public on ${r.source}`,
+    evidence: {
+      key_prefix: r.key_prefix,
+      key_status: r.key_status,
+      auto_generated: Boolean(r.auto_generated),
+      source: r.source,
+      url: r.url,
+      reported_at: r.reported_at,
+      report_event_id: r.event_id,
+      token_sha256: r.token_sha256,
+    },
+    dedupKey: `leak.public_report:${r.account_id}:${r.key_id}`,
+  }),
+  runbook: 'Revoke the key now (reset it if it is auto-generated), then read its exposure report for what the leaked key did.',
+})
