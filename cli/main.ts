@@ -51,7 +51,8 @@ async function start(): Promise<void> {
     release()
     throw err
   }
-  log.info({ url, storage: cfg.clickhouse.mode, kafka: cfg.kafka ? cfg.kafka.brokers : 'off (KAFKA_BROKERS unset)' }, 'keywatch started')
+  rt.detection.schedule()
+  log.info({ url, storage: cfg.clickhouse.mode, kafka: cfg.kafka ? cfg.kafka.brokers : 'off (KAFKA_BROKERS unset)', detectors: rt.detection.list().length }, 'keywatch started')
 
   let stopping = false
   const shutdown = async (signal: string) => {
@@ -137,6 +138,59 @@ async function runIngest(file: string, opts: { json?: boolean }): Promise<void> 
   if (report.rejected > 0) process.exitCode = 1
 }
 
+/** Opens the data for a command that cannot go through a running instance, or says who holds it. */
+async function openForCommand(cfg: Config, what: string) {
+  const instance = runningInstance(cfg)
+  if (instance) {
+    throw new ExitError(`keywatch (pid ${instance.pid}, ${instance.url}) holds ${dataDirOf(cfg)}; stop it to ${what} from the command line`, 1)
+  }
+  return openRuntime(cfg, createLogger(cfg))
+}
+
+async function runDetect(opts: { once?: boolean; at?: string; only?: string; json?: boolean }): Promise<void> {
+  if (!opts.once) throw new ExitError('`keywatch detect` needs --once (keywatch start runs the detectors on their schedules)', 2)
+  const at = opts.at ? new Date(opts.at) : new Date()
+  if (opts.at && (!/^\d{4}-\d{2}-\d{2}T/.test(opts.at) || Number.isNaN(at.getTime()))) throw new ExitError(`--at ${JSON.stringify(opts.at)} is not an RFC 3339 date-time`, 2)
+  const cfg = config()
+  const rt = await openForCommand(cfg, 'run detectors')
+  try {
+    const only = opts.only?.split(',').map((s) => s.trim()).filter(Boolean)
+    for (const id of only ?? []) {
+      try {
+        rt.detection.get(id) // unknown ids fail before anything runs
+      } catch (err) {
+        throw new ExitError((err as Error).message, 2)
+      }
+    }
+    const runs = await rt.detection.runAll(at, only)
+    if (opts.json) {
+      process.stdout.write(JSON.stringify(runs.map((r) => ({ ...r, findings: r.findings.map((f) => ({ ...f.finding, change: f.change })) }))) + '\n')
+    } else {
+      for (const r of runs) {
+        process.stdout.write(`${r.detector.padEnd(28)} ${r.durationMs.toFixed(0).padStart(6)} ms ${String(r.rowsRead).padStart(10)} rows ${String(r.findings.length).padStart(4)} findings${r.error ? `  ERROR ${r.error}` : ''}\n`)
+        for (const f of r.findings) process.stdout.write(`  ${f.finding.severity.padEnd(8)} ${f.change.padEnd(8)} ${f.finding.title}\n`)
+      }
+    }
+    if (runs.some((r) => r.error)) process.exitCode = 1
+  } finally {
+    await rt.close()
+  }
+}
+
+async function runFindings(opts: { json?: boolean; status?: string; detector?: string; account?: string }): Promise<void> {
+  const statuses = ['open', 'acknowledged', 'resolved', 'suppressed']
+  if (opts.status && !statuses.includes(opts.status)) throw new ExitError(`--status must be one of ${statuses.join(', ')}`, 2)
+  const cfg = config()
+  const rt = await openForCommand(cfg, 'list findings')
+  try {
+    const list = await rt.findings.list({ status: opts.status as never, detector: opts.detector, account_id: opts.account })
+    if (opts.json) process.stdout.write(JSON.stringify(list) + '\n')
+    else for (const f of list) process.stdout.write(`${f.finding_id}  ${f.severity.padEnd(8)} ${f.status.padEnd(12)} ${f.detector.padEnd(28)} ${f.account_id}  ${f.key_id || f.user_id || f.ip}  ${f.title}  (x${f.occurrences}, last ${f.last_seen_at})\n`)
+  } finally {
+    await rt.close()
+  }
+}
+
 function formatReport(r: NdjsonReport): string {
   const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`, `rejected    ${r.rejected}`]
   for (const [reason, n] of Object.entries(r.rejectedByReason)) lines.push(`  ${reason.padEnd(18)} ${n}`)
@@ -175,11 +229,30 @@ program
   .option('--json', 'print the summary as JSON')
   .action(runIngest)
 
+program
+  .command('detect')
+  .description('run the detectors once, as of now or of --at (a backtest over stored history)')
+  .option('--once', 'run once and exit')
+  .option('--at <time>', 'RFC 3339 moment to run as of, e.g. 2026-11-22T15:00:00Z')
+  .option('--only <ids>', 'comma-separated detector ids')
+  .option('--json', 'print the runs and their findings as JSON')
+  .action(runDetect)
+
+program
+  .command('findings')
+  .description('list findings (newest first)')
+  .option('--json', 'print a JSON array of findings')
+  .option('--status <status>', 'open, acknowledged, resolved or suppressed')
+  .option('--detector <id>', 'one detector')
+  .option('--account <id>', 'one account')
+  .action(runFindings)
+
 try {
   await program.parseAsync(process.argv)
 } catch (err) {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2)
   if (err instanceof ConfigError) {
+    // (also raised for DETECTOR_PARAMS naming an unknown detector or parameter)
     process.stderr.write(`keywatch: ${err.message}\n`)
     process.exit(2)
   }

@@ -6,6 +6,8 @@ import { recoverViews } from '../clickhouse/recovery.ts'
 import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
+import { DetectionEngine } from '../detectors/engine.ts'
+import { FindingStore } from '../detectors/findings.ts'
 
 export interface Runtime {
   config: Config
@@ -13,6 +15,8 @@ export interface Runtime {
   storage: Storage
   writer: EventWriter
   pipeline: IngestPipeline
+  findings: FindingStore
+  detection: DetectionEngine
   close(): Promise<void>
 }
 
@@ -41,14 +45,29 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     onFlush: (table, s) => log.debug({ table, ...s }, 'batch stored'),
   })
   const pipeline = new IngestPipeline(storage.client, writer)
+  const findings = new FindingStore(storage.client)
+  const detection = new DetectionEngine(storage.client, findings, log, config.detectorOverrides)
+  // A leaked key is raised as its report is stored, not at the next tick.
+  pipeline.onStored((type) => {
+    if (type !== 'leak.reported') return
+    for (const id of ['leak.public_report', 'leak.unmatched_report']) {
+      void detection.runFresh(id).then(
+        (run) => run.findings.filter((f) => f.change !== 'updated').forEach((f) => log.warn({ finding: f.finding.finding_id, detector: id, title: f.finding.title }, 'finding raised')),
+        (err) => log.error({ err: String(err), detector: id }, 'leak detection failed'),
+      )
+    }
+  })
   return {
     config,
     log,
     storage,
     writer,
     pipeline,
+    findings,
+    detection,
     async close() {
       await writer.drain()
+      await detection.stop()
       await storage.close()
     },
   }

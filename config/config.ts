@@ -34,6 +34,18 @@ const envSchema = z.object({
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
 
+  DETECTOR_PARAMS: z
+    .string()
+    .transform((s, ctx) => {
+      try {
+        return JSON.parse(s) as unknown
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}' })
+        return z.NEVER
+      }
+    })
+    .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
+    .optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -54,6 +66,8 @@ export interface Config {
   topics: Topics
   ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
   http: { host: string; port: number }
+  /** Parameter overrides per detector id. */
+  detectorOverrides: Record<string, Record<string, number>>
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
 }
 
@@ -116,6 +130,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
     },
     http: { host: e.HOST, port: e.PORT },
+    detectorOverrides: e.DETECTOR_PARAMS ?? {},
     logLevel: e.LOG_LEVEL,
   }
 }

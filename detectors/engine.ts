@@ -2,6 +2,7 @@
 // moment for backtests. Each run's duration, rows read and findings are recorded in detector_runs.
 import cron, { type ScheduledTask } from 'node-cron'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
+import { ConfigError } from '../config/config.ts'
 import { chTime } from '../ingest/rows.ts'
 import type { Detector, FindingDraft, Params } from './detector.ts'
 import type { FindingStore, Recorded } from './findings.ts'
@@ -26,6 +27,7 @@ export type ParamOverrides = Record<string, Params>
 
 export class DetectionEngine {
   private readonly running = new Map<string, Promise<RunResult>>()
+  private readonly rerun = new Map<string, Promise<RunResult>>()
   private tasks: ScheduledTask[] = []
   private readonly detectors: Detector<Params, unknown>[]
 
@@ -36,14 +38,18 @@ export class DetectionEngine {
     overrides: ParamOverrides = {},
     detectors: Detector<any, any>[] = DETECTORS,
   ) {
+    const problems = Object.keys(overrides)
+      .filter((id) => !detectors.some((d) => d.id === id))
+      .map((id) => `DETECTOR_PARAMS: no detector ${id}; detectors: ${detectors.map((d) => d.id).join(', ')}`)
     this.detectors = detectors.map((d) => {
       const o = overrides[d.id]
       if (!o) return d
       for (const name of Object.keys(o)) {
-        if (!(name in d.params)) throw new Error(`detector ${d.id} has no parameter ${name} (it has ${Object.keys(d.params).join(', ')})`)
+        if (!(name in d.params)) problems.push(`DETECTOR_PARAMS: detector ${d.id} has no parameter ${name} (it has ${Object.keys(d.params).join(', ')})`)
       }
       return { ...d, params: { ...d.params, ...o } }
     })
+    if (problems.length) throw new ConfigError(problems)
   }
 
   list(): Detector<Params, unknown>[] {
@@ -63,6 +69,25 @@ export class DetectionEngine {
     const run = this.execute(this.get(id), at).finally(() => this.running.delete(id))
     this.running.set(id, run)
     return run
+  }
+
+  /**
+   * Runs a detector now and makes sure the run starts after this call: data stored just before (a leak report)
+   * is seen even when a run is already in progress, by running once more after it. Calls during that wait share it.
+   */
+  runFresh(id: string): Promise<RunResult> {
+    const pending = this.rerun.get(id)
+    if (pending) return pending
+    const inProgress = this.running.get(id)
+    if (!inProgress) return this.run(id)
+    const next = inProgress
+      .catch(() => undefined)
+      .then(() => {
+        this.rerun.delete(id)
+        return this.run(id)
+      })
+    this.rerun.set(id, next)
+    return next
   }
 
   async runAll(at = new Date(), only?: string[]): Promise<RunResult[]> {

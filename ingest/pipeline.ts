@@ -53,12 +53,21 @@ export function addSummary(into: IngestSummary, s: IngestSummary): IngestSummary
   return into
 }
 
+/** Told after events of a type are newly stored (e.g. to run the leak detector as a report arrives). */
+export type StoredListener = (type: InboundType, stored: number) => void
+
 export class IngestPipeline {
+  private readonly listeners: StoredListener[] = []
+
   constructor(
     private readonly client: ClickHouseClient,
     private readonly writer: EventWriter,
     private readonly now: () => number = Date.now,
   ) {}
+
+  onStored(listener: StoredListener): void {
+    this.listeners.push(listener)
+  }
 
   /**
    * Ingests a batch of messages. Resolves when every valid one is stored and every rejection recorded;
@@ -67,6 +76,7 @@ export class IngestPipeline {
   async ingest(messages: InboundMessage[], expectedType?: InboundType): Promise<{ summary: IngestSummary; rejections: Rejection[] }> {
     const now = this.now()
     const byTable = new Map<TableName, Row[]>()
+    const typeOfTable = new Map<TableName, InboundType>()
     const rejections: Rejection[] = []
     for (const message of messages) {
       const d = decodeEvent(message.raw, now, expectedType)
@@ -75,12 +85,17 @@ export class IngestPipeline {
         continue
       }
       const table = TABLE_OF[d.type]
+      typeOfTable.set(table, d.type)
       let rows = byTable.get(table)
       if (!rows) byTable.set(table, (rows = []))
       rows.push(toRow(d.type, d.event))
     }
-    const writes: Promise<WriteResult>[] = [...byTable].map(([table, rows]) => this.writer.write(table, rows))
+    const tables = [...byTable.keys()]
+    const writes: Promise<WriteResult>[] = tables.map((table) => this.writer.write(table, byTable.get(table)!))
     const [results] = await Promise.all([Promise.all(writes), this.recordRejections(rejections)])
+    results.forEach((r, i) => {
+      if (r.stored > 0) for (const listener of this.listeners) listener(typeOfTable.get(tables[i]!)!, r.stored)
+    })
 
     const summary = emptySummary()
     for (const r of results) {
