@@ -23,7 +23,13 @@ export default defineDetector({
   params: { busy_share_percent: 10, busy_window_seconds: 86_400, new_key_grace_seconds: 3_600, lookback_seconds: 8 * 86_400 },
   // One row per stalled rotation, with the first of the three reasons that holds.
   query: `
-    WITH {at:DateTime64(3, 'UTC')} AS at_, toStartOfHour(at_ - toIntervalHour(1)) AS last_hour
+    WITH {at:DateTime64(3, 'UTC')} AS at_, toStartOfHour(at_ - toIntervalHour(1)) AS last_hour,
+    rotations AS (
+        SELECT account_id, key_id, key_prefix, replacement_key_id, rotated_at, rotation_grace_deadline AS deadline
+        FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')})
+        WHERE rotated_at IS NOT NULL AND (rolled_back_at IS NULL OR rolled_back_at < rotated_at) AND revoked_at IS NULL
+          AND rotated_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
+    )
     SELECT r.account_id AS account_id, r.key_id AS key_id, r.key_prefix AS key_prefix, r.replacement_key_id AS replacement_key_id,
            toString(r.rotated_at) AS rotated_at, toString(r.deadline) AS deadline,
            sumIf(h.requests, h.key_id = r.key_id AND h.hour >= last_hour) AS old_requests_last_hour,
@@ -37,16 +43,12 @@ export default defineDetector({
                at_ >= r.rotated_at + toIntervalSecond({new_key_grace_seconds:UInt32}) AND at_ < r.deadline
                    AND new_requests_last_hour = 0 AND old_requests_last_hour > 0, 'new_key_unused',
                '') AS reason
-    FROM (
-        SELECT account_id, key_id, key_prefix, replacement_key_id, rotated_at, rotation_grace_deadline AS deadline
-        FROM key_inventory_at(at = at_)
-        WHERE rotated_at IS NOT NULL AND (rolled_back_at IS NULL OR rolled_back_at < rotated_at) AND revoked_at IS NULL
-          AND rotated_at > at_ - toIntervalSecond({lookback_seconds:UInt32})
-    ) AS r
+    FROM rotations AS r
     LEFT JOIN (
         SELECT account_id, key_id, hour, sum(requests) AS requests, max(last_used_at) AS last_used_at
         FROM key_usage_hourly
         WHERE hour >= toStartOfHour(at_ - toIntervalSecond({lookback_seconds:UInt32})) AND hour <= at_
+          AND key_id IN (SELECT key_id FROM rotations UNION ALL SELECT replacement_key_id FROM rotations)
         GROUP BY account_id, key_id, hour
     ) AS h ON h.account_id = r.account_id AND (h.key_id = r.key_id OR h.key_id = r.replacement_key_id)
     WHERE h.last_used_at <= at_ OR h.key_id = ''

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS key_usage_hourly
     asns              AggregateFunction(uniq, Nullable(UInt32))
 )
 ENGINE = AggregatingMergeTree
-PARTITION BY toYYYYMM(hour)
+-- Daily partitions: detectors read the last hours or days of every key, and a day's partition holds just that.
+PARTITION BY toDate(hour)
 ORDER BY (account_id, key_id, hour)
 TTL hour + INTERVAL 400 DAY
 SETTINGS non_replicated_deduplication_window = 1000;

@@ -1,0 +1,157 @@
+// npm run bench:detect — a full run of every detector over a history of 50 million key.usage events across
+// 10,000 keys (generated inside ClickHouse), and the same questions asked naively of the raw events, in one run.
+// Args: --events=N (default 50,000,000).
+import { queryRows } from '../clickhouse/client.ts'
+import { DetectionEngine } from '../detectors/engine.ts'
+import { FindingStore } from '../detectors/findings.ts'
+import { chTime } from '../ingest/rows.ts'
+import { openTestStorage, tempDir } from '../test/helpers.ts'
+
+const N = Number(process.argv.find((a) => a.startsWith('--events='))?.split('=')[1] ?? 50_000_000)
+const KEYS = 10_000
+const DAYS = 30
+const at = new Date(Date.UTC(2026, 10, 22, 15, 0, 0))
+const start = new Date(at.getTime() - DAYS * 86_400_000)
+const storage = await openTestStorage(tempDir('keywatch-bench-detect-'))
+const { client } = storage
+const p = { at: chTime(at.getTime()), start: chTime(start.getTime()) }
+
+// Key k belongs to account k % 500; kinds and modes vary with k; times increase with the event number.
+const KEY = `toUInt32(cityHash64(number) % ${KEYS})`
+let t = performance.now()
+const CHUNK = 5_000_000
+for (let done = 0; done < N; done += CHUNK) {
+  const n = Math.min(CHUNK, N - done)
+  await client.command({
+    query: `
+      INSERT INTO key_usage (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, request_id, method, endpoint, scope,
+                             status, error_code, ip, country, asn, user_agent, origin, sdk, client_env, latency_ms, amount_minor, currency)
+      SELECT generateUUIDv4(),
+             {start:DateTime64(3, 'UTC')} + toIntervalMillisecond(intDiv((number + {offset:UInt64}) * {span:UInt64}, {total:UInt64})),
+             concat('acct_', leftPad(toString(k % 500), 6, '0')), concat('key_', leftPad(toString(k), 8, '0')),
+             concat(if(k % 10 = 0, 'pk', 'sk'), '_', if(k % 7 = 0, 'test', 'live'), '_', leftPad(toString(k % 10000), 4, '0')),
+             if(k % 10 = 0, 'publishable', 'secret'), if(k % 7 = 0, 'test', 'live'),
+             concat('req_', toString(number)), ['GET', 'POST', 'GET', 'DELETE'][1 + number % 4], '/v1/payments', 'payments',
+             multiIf(number % 97 = 0, 429, number % 31 = 0, 402, 200), if(number % 97 = 0, 'RATE_LIMIT_EXCEEDED', ''),
+             concat('10.', toString(k % 250), '.', toString(intDiv(k, 250)), '.', toString(number % 7)), 'PH', 64500 + k % 20,
+             if(k % 50 = 1, 'Mozilla/5.0 (Windows NT 10.0) Chrome/131.0', 'paykore-node/3.2.1 node/22.11.0'),
+             if(k % 50 = 1, 'https://shop.example.com', ''), if(k % 50 = 1, '', 'paykore-node/3.2.1'),
+             if(k % 200 = 3, 'staging', 'production'), 20 + number % 200, if(number % 4 = 1, 1000 + number % 100000, 0), if(number % 4 = 1, 'PHP', '')
+      FROM (SELECT number, ${KEY} AS k FROM numbers({offset:UInt64}, {n:UInt64}))`,
+    query_params: { ...p, offset: done, n, span: DAYS * 86_400_000, total: N },
+    clickhouse_settings: { max_insert_threads: '2' } as never,
+  })
+  process.stdout.write(`\rgenerated ${(done + n).toLocaleString('en')} key.usage events`)
+}
+process.stdout.write(`  (${((performance.now() - t) / 1000).toFixed(0)} s)\n`)
+
+t = performance.now()
+// Lifecycle of the 10,000 keys: created 0-199 days ago; every 97th revoked 2 days ago; every 53rd rotated 3 days ago.
+await client.command({
+  query: `
+    INSERT INTO key_lifecycle (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, action, actor_type, actor_id, label, scopes,
+                               expires_at, auto_generated, secret_sha256, replacement_key_id, old_key_expires_at, reason)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalDay(k % 200) - toIntervalHour(1),
+           concat('acct_', leftPad(toString(k % 500), 6, '0')), concat('key_', leftPad(toString(k), 8, '0')),
+           concat(if(k % 10 = 0, 'pk', 'sk'), '_', if(k % 7 = 0, 'test', 'live'), '_', leftPad(toString(k % 10000), 4, '0')),
+           if(k % 10 = 0, 'publishable', 'secret'), if(k % 7 = 0, 'test', 'live'), 'created', 'user', 'usr_Bench01', 'api', 'null',
+           if(k % 300 = 5, {at:DateTime64(3, 'UTC')} + toIntervalDay(3), NULL), k % 500 = 0, lower(hex(SHA256(toString(k)))), NULL, NULL, NULL
+    FROM (SELECT number AS k FROM numbers(${KEYS}))`,
+  query_params: p,
+})
+await client.command({
+  query: `
+    INSERT INTO key_lifecycle (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, action, actor_type, actor_id, reason)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalDay(2), concat('acct_', leftPad(toString(k % 500), 6, '0')),
+           concat('key_', leftPad(toString(k), 8, '0')), 'sk_live_0000', 'secret', 'live', 'revoked', 'monitor', 'auto', 'bench'
+    FROM (SELECT number AS k FROM numbers(${KEYS}) WHERE number % 97 = 2)`,
+  query_params: p,
+})
+await client.command({
+  query: `
+    INSERT INTO key_lifecycle (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, action, actor_type, actor_id, replacement_key_id, old_key_expires_at)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalDay(3), concat('acct_', leftPad(toString(k % 500), 6, '0')),
+           concat('key_', leftPad(toString(k), 8, '0')), 'sk_live_0000', 'secret', 'live', 'rotated', 'user', 'usr_Bench01',
+           concat('key_', leftPad(toString(k + 1), 8, '0')), {at:DateTime64(3, 'UTC')} + toIntervalDay(1)
+    FROM (SELECT number AS k FROM numbers(${KEYS}) WHERE number % 53 = 4)`,
+  query_params: p,
+})
+// 429 storms and history, failed MFA and logins, leak reports.
+await client.command({
+  query: `
+    INSERT INTO key_ratelimits (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, request_id, endpoint, ip, limit, window_seconds, observed)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalSecond(number % (7 * 86400)), concat('acct_', leftPad(toString(k % 500), 6, '0')),
+           concat('key_', leftPad(toString(k), 8, '0')), 'sk_live_0000', 'secret', 'live', 'r', '/v1/balance', '198.51.100.7', 100, 1, 131
+    FROM (SELECT number, toUInt32(number % ${KEYS}) AS k FROM numbers(1000000))`,
+  query_params: p,
+})
+await client.command({
+  query: `
+    INSERT INTO auth_events (event_id, occurred_at, account_id, user_id, actor_email, action, ip, country, user_agent, session_id, reason, target_user_id, key_id)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalSecond(number % (30 * 86400)), concat('acct_', leftPad(toString(number % 500), 6, '0')),
+           concat('usr_', toString(number % 5000)), NULL, ['login.succeeded', 'login.failed', 'mfa.failed', 'mfa.succeeded'][1 + number % 4],
+           concat('203.0.113.', toString(number % 250)), 'PH', 'Mozilla/5.0', NULL, NULL, NULL, NULL
+    FROM numbers(2000000)`,
+  query_params: p,
+})
+await client.command({
+  query: `
+    INSERT INTO leak_reports (event_id, occurred_at, account_id, token_sha256, token_prefix, token_type, source, url)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalMinute(number), concat('acct_', leftPad(toString(number * 37 % 500), 6, '0')),
+           lower(hex(SHA256(toString(number * 37)))), 'sk_live_0000', 'paykore_secret_key', 'github', NULL
+    FROM numbers(200)`,
+  query_params: p,
+})
+console.log(`generated lifecycle, 1,000,000 429s, 2,000,000 auth events, 200 leak reports (${((performance.now() - t) / 1000).toFixed(0)} s)`)
+await client.command({ query: 'OPTIMIZE TABLE key_usage_hourly FINAL' })
+
+// The same questions asked of raw events, for comparison.
+const NAIVE: Record<string, string> = {
+  'leak.secret_key_client_side': `SELECT account_id, key_id, count() FROM key_usage
+      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')} AND key_kind IN ('secret', 'restricted')
+        AND (origin != '' OR multiSearchAnyCaseInsensitive(sdk, ['react-native', 'ios', 'android', 'browser', '-js/'])
+             OR (startsWith(user_agent, 'Mozilla/5.0') AND multiSearchAny(user_agent, ['Chrome/', 'Firefox/', 'Safari/', 'Edg/', 'OPR/'])))
+      GROUP BY account_id, key_id`,
+  'abuse.ratelimit_spike': `SELECT account_id, key_id, countIf(occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 15 MINUTE) AS recent, count() - recent AS base
+      FROM key_ratelimits WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 7 DAY - INTERVAL 15 MINUTE AND occurred_at <= {at:DateTime64(3, 'UTC')}
+      GROUP BY account_id, key_id HAVING recent >= 50 AND recent >= 10 * base / 672`,
+  'key.stale': `SELECT i.key_id, max(u.occurred_at) FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS i
+      LEFT JOIN key_usage AS u ON u.account_id = i.account_id AND u.key_id = i.key_id WHERE i.status = 'active' GROUP BY i.key_id
+      HAVING max(u.occurred_at) < {at:DateTime64(3, 'UTC')} - INTERVAL 90 DAY`,
+  'key.mode_mismatch': `SELECT account_id, key_id, count() FROM key_usage
+      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')}
+        AND ((mode = 'live' AND client_env IN ('staging', 'development', 'ci')) OR (mode = 'test' AND client_env = 'production'))
+      GROUP BY account_id, key_id`,
+  'key.expiring_in_use': `SELECT i.key_id, count() FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS i
+      INNER JOIN key_usage AS u ON u.account_id = i.account_id AND u.key_id = i.key_id
+      WHERE i.expires_at > {at:DateTime64(3, 'UTC')} AND i.expires_at <= {at:DateTime64(3, 'UTC')} + INTERVAL 7 DAY
+        AND u.occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY GROUP BY i.key_id`,
+  'key.rotation_stalled': `SELECT r.key_id, countIf(u.occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 HOUR) FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS r
+      INNER JOIN key_usage AS u ON u.account_id = r.account_id AND (u.key_id = r.key_id OR u.key_id = r.replacement_key_id)
+      WHERE r.rotated_at IS NOT NULL AND u.occurred_at > r.rotated_at GROUP BY r.key_id`,
+}
+
+const engine = new DetectionEngine(client, new FindingStore(client), { info: () => {}, error: (o) => console.error(o) })
+await engine.runAll(at) // warm the caches once, as a scheduler would have
+const runs = await engine.runAll(at)
+const total = runs.reduce((s, r) => s + r.durationMs, 0)
+console.log('')
+console.log(`bench:detect  ${N.toLocaleString('en')} key.usage events, ${KEYS.toLocaleString('en')} keys, ${DAYS} days, 2 cores`)
+console.log(`  ${'detector'.padEnd(30)} ${'ms'.padStart(8)} ${'rows read'.padStart(12)} ${'findings'.padStart(9)}   naive on raw events`)
+let naiveTotal = 0
+for (const r of runs) {
+  let naive = ''
+  if (NAIVE[r.detector]) {
+    const t0 = performance.now()
+    await queryRows(client, NAIVE[r.detector]!, p)
+    const ms = performance.now() - t0
+    naiveTotal += ms
+    naive = `${ms.toFixed(0).padStart(8)} ms  (${(ms / Math.max(r.durationMs, 0.1)).toFixed(1)}x)`
+  }
+  console.log(`  ${r.detector.padEnd(30)} ${r.durationMs.toFixed(0).padStart(8)} ${r.rowsRead.toLocaleString('en').padStart(12)} ${String(r.findings.length).padStart(9)}   ${naive}${r.error ? ` ERROR ${r.error}` : ''}`)
+}
+console.log(`  ${'all detectors'.padEnd(30)} ${total.toFixed(0).padStart(8)} ms   (target: under 5,000 ms)   naive questions: ${naiveTotal.toFixed(0)} ms`)
+const [count] = await queryRows<{ n: number }>(client, 'SELECT count() AS n FROM key_usage')
+console.log(`  key_usage rows: ${count!.n.toLocaleString('en')}`)
+await storage.close()
+if (runs.some((r) => r.error)) process.exitCode = 1
