@@ -1,6 +1,6 @@
-// One real Kafka broker for the whole suite (or the one KAFKA_BROKERS names), handed to tests as `kafkaBrokers`.
+// vitest globalSetup: one real Kafka broker for the whole suite, handed to tests as `inject('kafkaBrokers')`.
+// With KAFKA_BROKERS set (bootstrap servers of a running broker), that broker is used and none is started.
 import type { TestProject } from 'vitest/node'
-import { repoRoot } from './helpers.ts'
 import { startBroker } from './kafka/broker.ts'
 
 declare module 'vitest' {
@@ -9,13 +9,13 @@ declare module 'vitest' {
   }
 }
 
-export default async function setup(project: TestProject): Promise<(() => Promise<void>) | void> {
-  const external = process.env.KAFKA_BROKERS
+export default async function setup(project: TestProject): Promise<(() => Promise<void>) | undefined> {
+  const external = process.env.KAFKA_BROKERS?.trim()
   if (external) {
     project.provide('kafkaBrokers', external)
-    return
+    return undefined
   }
-  const broker = await startBroker({ repoRoot })
+  const broker = await startBroker()
   project.provide('kafkaBrokers', broker.brokers)
   return () => broker.stop()
 }
