@@ -25,7 +25,8 @@ for (let done = 0; done < N; done += CHUNK) {
   await client.command({
     query: `
       INSERT INTO key_usage (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, request_id, method, endpoint, scope,
-                             status, error_code, ip, country, asn, user_agent, origin, sdk, client_env, latency_ms, amount_minor, currency)
+                             status, error_code, ip, country, asn, user_agent, origin, sdk, client_env, latency_ms, amount_minor, currency,
+                             client_side, mode_mismatch)
       SELECT generateUUIDv4(),
              {start:DateTime64(3, 'UTC')} + toIntervalMillisecond(intDiv(number * {span:UInt64}, {total:UInt64})),
              concat('acct_', leftPad(toString(k % 500), 6, '0')), concat('key_', leftPad(toString(k), 8, '0')),
@@ -36,7 +37,8 @@ for (let done = 0; done < N; done += CHUNK) {
              concat('10.', toString(k % 250), '.', toString(intDiv(k, 250)), '.', toString(number % 7)), 'PH', 64500 + k % 20,
              if(k % 50 = 1, 'Mozilla/5.0 (Windows NT 10.0) Chrome/131.0', 'paykore-node/3.2.1 node/22.11.0'),
              if(k % 50 = 1, 'https://shop.example.com', ''), if(k % 50 = 1, '', 'paykore-node/3.2.1'),
-             if(k % 200 = 3, 'staging', 'production'), 20 + number % 200, if(number % 4 = 1, 1000 + number % 100000, 0), if(number % 4 = 1, 'PHP', '')
+             if(k % 200 = 3, 'staging', 'production'), 20 + number % 200, if(number % 4 = 1, 1000 + number % 100000, 0), if(number % 4 = 1, 'PHP', ''),
+             k % 50 = 1, (k % 200 = 3 AND k % 7 != 0) OR (k % 7 = 0 AND k % 200 != 3)
       FROM (SELECT number, ${KEY} AS k FROM numbers({offset:UInt64}, {n:UInt64}))`,
     query_params: { ...p, offset: done, n, span: DAYS * 86_400_000, total: N },
     clickhouse_settings: { max_insert_threads: '2' } as never,

@@ -61,6 +61,8 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: stri
     latency_ms: e.latency_ms,
     amount_minor: e.amount_minor ?? 0,
     currency: e.currency ?? '',
+    client_side: isClientSide(e) ? 1 : 0,
+    mode_mismatch: isModeMismatch(e) ? 1 : 0,
   }),
   'key.ratelimited': (e: KeyRatelimited, event_id, occurred_at) => ({
     event_id,
@@ -125,6 +127,19 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: stri
     source: e.source,
     url: e.url ?? null,
   }),
+}
+
+const CLIENT_SDK = /react-native|ios|android|browser|-js\//i
+const BROWSER_UA = /^Mozilla\/5\.0 .*(Chrome|Firefox|Safari|Edg|OPR)\//
+
+/** A request made by a browser or a mobile app: an Origin, a client-side SDK, or a mainstream browser's user agent. */
+export function isClientSide(e: KeyUsage): boolean {
+  return !!e.origin || (!!e.sdk && CLIENT_SDK.test(e.sdk)) || BROWSER_UA.test(e.user_agent)
+}
+
+/** A live key in a deployment that says it is not production, or a test key in production. */
+export function isModeMismatch(e: KeyUsage): boolean {
+  return (e.mode === 'live' && (e.client_env === 'staging' || e.client_env === 'development' || e.client_env === 'ci')) || (e.mode === 'test' && e.client_env === 'production')
 }
 
 export function sha256Hex(s: string): string {

@@ -30,7 +30,10 @@ CREATE TABLE IF NOT EXISTS key_usage
     client_env    LowCardinality(String),
     latency_ms    Float32,
     amount_minor  UInt64,
-    currency      LowCardinality(String)
+    currency      LowCardinality(String),
+    -- Derived at ingest (ingest/rows.ts), where the JS thread has time to spare and the engine does not.
+    client_side   UInt8 COMMENT '1: made by a browser or a mobile app (an Origin, a client-side SDK or a browser user agent)',
+    mode_mismatch UInt8 COMMENT '1: a live key from a staging/development/ci deployment, or a test key from production'
 )
 ENGINE = MergeTree
 PARTITION BY toYYYYMM(occurred_at)

@@ -43,10 +43,8 @@ SELECT
     countIf(status = 429) AS rate_limited,
     sumMap(map(status, toUInt64(1))) AS by_status,
     countIf(method IN ('POST', 'PUT', 'PATCH', 'DELETE')) AS write_requests,
-    countIf(origin != ''
-        OR multiSearchAnyCaseInsensitive(sdk, ['react-native', 'ios', 'android', 'browser', '-js/'])
-        OR (startsWith(user_agent, 'Mozilla/5.0') AND multiSearchAny(user_agent, ['Chrome/', 'Firefox/', 'Safari/', 'Edg/', 'OPR/']))) AS client_side,
-    countIf((key_usage.mode = 'live' AND client_env IN ('staging', 'development', 'ci')) OR (key_usage.mode = 'test' AND client_env = 'production')) AS mode_mismatch,
+    sum(key_usage.client_side) AS client_side,
+    sum(key_usage.mode_mismatch) AS mode_mismatch,
     sumMapIf(map(currency, amount_minor), status < 400 AND amount_minor > 0 AND currency != '') AS amount_minor,
     min(occurred_at) AS first_used_at,
     max(occurred_at) AS last_used_at,
