@@ -34,22 +34,22 @@ export async function recoverViews(storage: Storage): Promise<RecoveryReport> {
   const report: RecoveryReport = { eventIdsRestored: 0, usageKeyDaysRebuilt: 0, ratelimitKeyBucketsRebuilt: 0 }
   const { client } = storage
   for (const { table, type } of RAW_TABLES) {
-    const [latest] = await queryRows<{ at: string | null }>(client, `SELECT toString(max(received_at)) AS at FROM ${table}`)
+    const [latest] = await queryRows<{ at: string | null }>(client, 'SELECT toString(max(received_at)) AS at FROM {table:Identifier}', { table })
     if (!latest?.at || latest.at.startsWith('1970')) continue
     const window = { from: latest.at, seconds: WINDOW_SECONDS }
     const recent = `received_at >= {from:DateTime64(3, 'UTC')} - toIntervalSecond({seconds:UInt32})`
 
     const [missing] = await queryRows<{ n: number }>(
       client,
-      `SELECT count() AS n FROM ${table} WHERE ${recent}
+      `SELECT count() AS n FROM {table:Identifier} WHERE ${recent}
          AND (occurred_at, event_id) NOT IN (SELECT occurred_at, event_id FROM event_ids WHERE type = {type:String})`,
-      { ...window, type },
+      { ...window, type, table },
     )
     if (missing && missing.n > 0) {
       await client.command({
-        query: `INSERT INTO event_ids SELECT occurred_at, event_id, {type:String} FROM ${table} WHERE ${recent}
+        query: `INSERT INTO event_ids SELECT occurred_at, event_id, {type:String} FROM {table:Identifier} WHERE ${recent}
                   AND (occurred_at, event_id) NOT IN (SELECT occurred_at, event_id FROM event_ids WHERE type = {type:String})`,
-        query_params: { ...window, type },
+        query_params: { ...window, type, table },
       })
       report.eventIdsRestored += missing.n
     }
