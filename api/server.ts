@@ -1,6 +1,8 @@
 // The HTTP API. Plugins and routes are registered in a fixed order: error handling, health, then /v1 routes.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { ingestNdjson } from '../ingest/ndjson.ts'
+import { ApiError } from './errors.ts'
+import { leakRoutes, type LeakIntakeDeps } from './leaks.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
 
 export interface ApiDeps {
@@ -8,19 +10,11 @@ export interface ApiDeps {
   log: FastifyBaseLogger
   /** Reports whether storage answers; /readyz fails while it does not. */
   storageReady: () => Promise<boolean>
+  /** Leak intake (POST /v1/leaks, /v1/leaks/github). */
+  leaks?: LeakIntakeDeps
 }
 
-/** An error that goes to the client as is: a status, a stable code and a message naming what is wrong. */
-export class ApiError extends Error {
-  constructor(
-    readonly statusCode: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message)
-    this.name = 'ApiError'
-  }
-}
+export { ApiError }
 
 const CODE_OF_STATUS: Record<number, string> = {
   400: 'bad_request',
@@ -66,6 +60,12 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     // 200 with the summary even when some lines were rejected: the valid ones are stored, and the summary says which were not.
     return reply.status(200).send(report)
   })
+
+  if (deps.leaks) {
+    const leaks = deps.leaks
+    // Its own scope: JSON bodies arrive as raw bytes there (signatures are over the exact body).
+    await app.register(async (scope) => leakRoutes(scope, leaks))
+  }
 
   return app
 }

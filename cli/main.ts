@@ -39,6 +39,7 @@ async function start(): Promise<void> {
     pipeline: rt.pipeline,
     log,
     storageReady: async () => (await rt.storage.client.ping()).success,
+    leaks: { pipeline: rt.pipeline, client: rt.storage.client, githubKeys: cfg.githubKeys },
   })
   await api.listen({ host: cfg.http.host, port: cfg.http.port })
   const address = api.server.address()

@@ -46,6 +46,7 @@ const envSchema = z.object({
     })
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
     .optional(),
+  GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().min(1).optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -66,6 +67,8 @@ export interface Config {
   topics: Topics
   ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
   http: { host: string; port: number }
+  /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
+  githubKeys: { key_identifier: string; key: string; is_current: boolean }[]
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
@@ -131,6 +134,23 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     },
     http: { host: e.HOST, port: e.PORT },
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
+    githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],
     logLevel: e.LOG_LEVEL,
   }
+}
+
+const githubKeysFile = z.union([
+  z.object({ public_keys: z.array(z.object({ key_identifier: z.string().min(1), key: z.string().includes('BEGIN PUBLIC KEY'), is_current: z.boolean() })) }),
+  z.array(z.object({ key_identifier: z.string().min(1), key: z.string().includes('BEGIN PUBLIC KEY'), is_current: z.boolean() })),
+])
+
+/** GitHub publishes its keys as { public_keys: [{ key_identifier, key, is_current }] }; a bare array is accepted too. */
+function readGithubKeys(path: string): Config['githubKeys'] {
+  let parsed: z.infer<typeof githubKeysFile>
+  try {
+    parsed = githubKeysFile.parse(JSON.parse(readFileSync(path, 'utf8')))
+  } catch (err) {
+    throw new ConfigError([`GITHUB_SECRET_SCANNING_KEYS_FILE=${JSON.stringify(path)}: must be a readable JSON file of GitHub's public keys ({ public_keys: [{ key_identifier, key, is_current }] }): ${(err as Error).message.slice(0, 200)}`])
+  }
+  return Array.isArray(parsed) ? parsed : parsed.public_keys
 }
