@@ -32,6 +32,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   // One error shape for every failure: { error: { code, message } }. Unknown errors never leak internals.
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, request, reply) => {
     if (err instanceof ApiError) return reply.status(err.statusCode).send({ error: { code: err.code, message: err.message } })
+    if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      return reply.status(415).send({ error: { code: 'unsupported_media_type', message: `unsupported Content-Type ${JSON.stringify(request.headers['content-type'] ?? '')}: send events as NDJSON (application/x-ndjson), leak reports as application/json` } })
+    }
     if (err.validation || (err.statusCode && err.statusCode < 500)) {
       const status = err.statusCode ?? 400
       return reply.status(status).send({ error: { code: CODE_OF_STATUS[status] ?? 'bad_request', message: err.message } })

@@ -100,8 +100,19 @@ async function runMigrate(): Promise<void> {
 
 async function runIngest(file: string, opts: { json?: boolean }): Promise<void> {
   const cfg = config()
+  let total: number | undefined
+  if (file !== '-') {
+    // Say plainly what is wrong with the path before opening anything.
+    let stat
+    try {
+      stat = statSync(file)
+    } catch (err) {
+      throw new ExitError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as NodeJS.ErrnoException).code ?? 'unreadable'}`, 2)
+    }
+    if (!stat.isFile() && !stat.isFIFO()) throw new ExitError(`cannot read ${file}: not a regular file`, 2)
+    total = stat.isFile() ? stat.size : undefined
+  }
   const input: Readable = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 })
-  const total = file === '-' ? undefined : statSync(file).size
   const bar = process.stderr.isTTY && !opts.json ? progressBar(total) : undefined
   let report: NdjsonReport
 

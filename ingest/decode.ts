@@ -22,7 +22,9 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
   try {
     value = JSON.parse(decoder.decode(raw))
   } catch (err) {
-    return { ok: false, reason: 'invalid_json', detail: `not UTF-8 JSON: ${(err as Error).message}` }
+    // The parser quotes a piece of the input in its message: drop it, it may be part of a secret.
+    const message = (err as Error).message.replace(/,? (?:\.\.\.)?".*"(?:\.\.\.)? is not valid JSON$/s, '')
+    return { ok: false, reason: 'invalid_json', detail: `not UTF-8 JSON: ${message}` }
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     return { ok: false, reason: 'invalid_json', detail: 'a message must be one JSON object' }

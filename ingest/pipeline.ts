@@ -4,7 +4,7 @@
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { InboundType } from '../contract/events.ts'
 import { decodeEvent, type RejectReason } from './decode.ts'
-import { chTime, sha256Hex, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
+import { chTime, displayPrefix, sha256Hex, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
 import type { EventWriter, WriteResult } from './writer.ts'
 
 /** Where a message came from, kept with its rejection. */
@@ -137,8 +137,8 @@ export class IngestPipeline {
  * by its hash. (The dead-letter topic keeps the original bytes: it lives beside the topic they came from.)
  */
 export function redactLeakedToken(raw: Uint8Array): Uint8Array {
+  // Runs on rejected messages only, so always parsing is affordable (a key may be spelled with escapes).
   const text = Buffer.from(raw).toString('utf8')
-  if (!text.includes('"token"')) return raw
   try {
     const value = JSON.parse(text) as Record<string, unknown>
     if (value && typeof value === 'object' && typeof value.token === 'string') {
@@ -146,7 +146,11 @@ export function redactLeakedToken(raw: Uint8Array): Uint8Array {
       return Buffer.from(JSON.stringify(value))
     }
   } catch {
-    // Not JSON: blank anything that looks like a key secret.
+    // Not JSON: blank a "token" value and anything that looks like a key secret, escapes included.
   }
-  return Buffer.from(text.replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})[A-Za-z0-9]+/g, '$1[redacted]'))
+  return Buffer.from(
+    text
+      .replace(/"token"\s*:\s*"((?:[^"\\]|\\.)*)"?/g, (_m, value: string) => `"token":"${displayPrefix(value) ?? ''}[redacted]"`)
+      .replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})(?:[A-Za-z0-9]|\\u00[0-9A-Fa-f]{2})+/g, '$1[redacted]'),
+  )
 }
