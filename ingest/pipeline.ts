@@ -148,9 +148,9 @@ export function redactLeakedToken(raw: Uint8Array): Uint8Array {
   } catch {
     // Not JSON: blank a "token" value and anything that looks like a key secret, escapes included.
   }
-  return Buffer.from(
-    text
-      .replace(/"token"\s*:\s*"((?:[^"\\]|\\.)*)"?/g, (_m, value: string) => `"token":"${displayPrefix(value) ?? ''}[redacted]"`)
-      .replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})(?:[A-Za-z0-9]|\\u00[0-9A-Fa-f]{2})+/g, '$1[redacted]'),
-  )
+  const redacted = text
+    .replace(/"token"\s*:\s*"((?:[^"\\]|\\.)*)"?/g, (_m, value: string) => `"token":"${displayPrefix(value) ?? ''}[redacted]"`)
+    .replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})(?:[A-Za-z0-9]|\\u00[0-9A-Fa-f]{2})+/g, '$1[redacted]')
+  // Untouched input keeps its exact bytes (it may not even be UTF-8).
+  return redacted === text ? raw : Buffer.from(redacted)
 }
