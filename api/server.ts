@@ -3,6 +3,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { ingestNdjson } from '../ingest/ndjson.ts'
 import { ApiError } from './errors.ts'
 import { leakRoutes, type LeakIntakeDeps } from './leaks.ts'
+import { responseRoutes, type ResponseApiDeps } from './response.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
 
 export interface ApiDeps {
@@ -12,6 +13,8 @@ export interface ApiDeps {
   storageReady: () => Promise<boolean>
   /** Leak intake (POST /v1/leaks, /v1/leaks/github). */
   leaks?: LeakIntakeDeps
+  /** Manual revokes, actions, exposure reports and the kill switch. */
+  response?: ResponseApiDeps
 }
 
 export { ApiError }
@@ -68,6 +71,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     const leaks = deps.leaks
     // Its own scope: JSON bodies arrive as raw bytes there (signatures are over the exact body).
     await app.register(async (scope) => leakRoutes(scope, leaks))
+  }
+
+  if (deps.response) {
+    const response = deps.response
+    await app.register(async (scope) => responseRoutes(scope, response))
   }
 
   return app

@@ -40,6 +40,7 @@ async function start(): Promise<void> {
     log,
     storageReady: async () => (await rt.storage.client.ping()).success,
     leaks: { pipeline: rt.pipeline, client: rt.storage.client, githubKeys: cfg.githubKeys },
+    response: { response: rt.response, actions: rt.actions, client: rt.storage.client, actorOf: () => 'api:anonymous' },
   })
   await api.listen({ host: cfg.http.host, port: cfg.http.port })
   const address = api.server.address()
@@ -52,7 +53,7 @@ async function start(): Promise<void> {
     release()
     throw err
   }
-  rt.detection.schedule()
+  await rt.startServices()
   log.info({ url, storage: cfg.clickhouse.mode, kafka: cfg.kafka ? cfg.kafka.brokers : 'off (KAFKA_BROKERS unset)', detectors: rt.detection.list().length }, 'keywatch started')
 
   let stopping = false

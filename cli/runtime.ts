@@ -7,7 +7,13 @@ import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
-import { FindingStore } from '../detectors/findings.ts'
+import { FindingStore, type Recorded } from '../detectors/findings.ts'
+import type { FindingDraft } from '../detectors/detector.ts'
+import { KafkaProducer } from '../ingest/kafka.ts'
+import { ActionStore } from '../response/actions.ts'
+import { ResponseEngine } from '../response/engine.ts'
+import { KeyServiceClient } from '../response/key-service.ts'
+import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
 export interface Runtime {
   config: Config
@@ -17,8 +23,16 @@ export interface Runtime {
   pipeline: IngestPipeline
   findings: FindingStore
   detection: DetectionEngine
+  actions: ActionStore
+  response: ResponseEngine
+  /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
+  startServices(): Promise<void>
+  /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
+  onFindings(listener: FindingsListener): void
   close(): Promise<void>
 }
+
+export type FindingsListener = (recorded: Recorded[]) => void | Promise<void>
 
 /** Logs go to stderr as JSON lines, leaving stdout to command output. */
 export function createLogger(config: Config): Logger {
@@ -47,16 +61,30 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const pipeline = new IngestPipeline(storage.client, writer)
   const findings = new FindingStore(storage.client)
   const detection = new DetectionEngine(storage.client, findings, log, config.detectorOverrides)
+  const actions = new ActionStore(storage.client)
+  const sender = commandSender(config, log)
+  const findingsListeners: FindingsListener[] = []
+  const announce = (recorded: Recorded[]) => {
+    for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
+  }
+  const raise = async (drafts: FindingDraft[], at: Date) => {
+    const recorded = await findings.record(drafts, at)
+    announce(recorded)
+    return recorded
+  }
+  const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise })
+  detection.onRun((run) => {
+    for (const f of run.findings) if (f.change !== 'updated') log.warn({ finding: f.finding.finding_id, detector: run.detector, severity: f.finding.severity, title: f.finding.title }, 'finding raised')
+    if (run.findings.length) announce(run.findings)
+  })
   // A leaked key is raised as its report is stored, not at the next tick.
   pipeline.onStored((type) => {
     if (type !== 'leak.reported') return
     for (const id of ['leak.public_report', 'leak.unmatched_report']) {
-      void detection.runFresh(id).then(
-        (run) => run.findings.filter((f) => f.change !== 'updated').forEach((f) => log.warn({ finding: f.finding.finding_id, detector: id, title: f.finding.title }, 'finding raised')),
-        (err) => log.error({ err: String(err), detector: id }, 'leak detection failed'),
-      )
+      void detection.runFresh(id).catch((err) => log.error({ err: String(err), detector: id }, 'leak detection failed'))
     }
   })
+  let started = false
   return {
     config,
     log,
@@ -65,10 +93,36 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     pipeline,
     findings,
     detection,
+    actions,
+    response,
+    onFindings: (listener) => void findingsListeners.push(listener),
+    async startServices() {
+      if (started) return
+      started = true
+      await response.start()
+      findingsListeners.push((recorded) => response.onFindings(recorded).then(() => undefined))
+      // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
+      pipeline.onStored((type) => {
+        if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
+      })
+      detection.schedule()
+    },
     async close() {
       await writer.drain()
       await detection.stop()
+      await response.stop()
+      await sender.close?.()
       await storage.close()
     },
   }
+}
+
+function commandSender(config: Config, log: Logger): CommandSender {
+  const { transport, keyService } = config.response
+  if (transport === 'http' && keyService) return new HttpCommandSender(new KeyServiceClient({ baseUrl: keyService.url, secret: keyService.secret }))
+  if (transport === 'kafka' && config.kafka) {
+    const kafka = config.kafka
+    return new KafkaCommandSender(() => KafkaProducer.connect({ brokers: kafka.brokers, clientId: `${kafka.clientId}-commands` }, log), config.topics.commands)
+  }
+  return new NoCommandSender()
 }

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseEnv } from 'node:util'
 import { z } from 'zod'
+import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.ts'
 
 const port = z.coerce.number({ error: 'must be a port number (0-65535)' }).int('must be a port number (0-65535)').min(0, 'must be a port number (0-65535)').max(65535, 'must be a port number (0-65535)')
 const positiveInt = z.coerce.number({ error: 'must be a positive integer' }).int('must be a positive integer').positive('must be a positive integer')
@@ -47,6 +48,10 @@ const envSchema = z.object({
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
     .optional(),
   GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().min(1).optional(),
+  RESPONSE_POLICY_FILE: z.string().min(1).optional(),
+  KEY_SERVICE_URL: z.url('must be the key service base URL, e.g. https://keys.internal').optional(),
+  KEY_SERVICE_SECRET: z.string().min(16, 'must be the shared Monitor-Signature secret (16 characters or more)').optional(),
+  RESPONSE_TRANSPORT: z.enum(['http', 'kafka']).optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -69,6 +74,12 @@ export interface Config {
   http: { host: string; port: number }
   /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
   githubKeys: { key_identifier: string; key: string; is_current: boolean }[]
+  response: {
+    policy: Policy
+    /** How commands reach the key service: the signed HTTP call, the commands topic, or nowhere (decide and record only). */
+    transport: 'http' | 'kafka' | 'none'
+    keyService?: { url: string; secret: string }
+  }
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
@@ -133,6 +144,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
     },
     http: { host: e.HOST, port: e.PORT },
+    response: responseConfig(e),
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
     githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],
     logLevel: e.LOG_LEVEL,
@@ -153,4 +165,21 @@ function readGithubKeys(path: string): Config['githubKeys'] {
     throw new ConfigError([`GITHUB_SECRET_SCANNING_KEYS_FILE=${JSON.stringify(path)}: must be a readable JSON file of GitHub's public keys ({ public_keys: [{ key_identifier, key, is_current }] }): ${(err as Error).message.slice(0, 200)}`])
   }
   return Array.isArray(parsed) ? parsed : parsed.public_keys
+}
+
+/** The policy file, and which way commands go: HTTP when a key service URL is set, else Kafka when brokers are. */
+function responseConfig(e: z.infer<typeof envSchema>): Config['response'] {
+  const problems: string[] = []
+  let policy = DEFAULT_POLICY
+  if (e.RESPONSE_POLICY_FILE) {
+    const read = readPolicyFile(e.RESPONSE_POLICY_FILE)
+    if ('problems' in read) problems.push(...read.problems.map((p) => `RESPONSE_POLICY_FILE=${JSON.stringify(e.RESPONSE_POLICY_FILE)}: ${p}`))
+    else policy = read.policy
+  }
+  if (Boolean(e.KEY_SERVICE_URL) !== Boolean(e.KEY_SERVICE_SECRET)) problems.push('KEY_SERVICE_URL and KEY_SERVICE_SECRET: set both (the key service URL and its Monitor-Signature secret) or neither')
+  const transport = e.RESPONSE_TRANSPORT ?? (e.KEY_SERVICE_URL ? 'http' : e.KAFKA_BROKERS ? 'kafka' : 'none')
+  if (transport === 'http' && !e.KEY_SERVICE_URL) problems.push('RESPONSE_TRANSPORT=http: needs KEY_SERVICE_URL and KEY_SERVICE_SECRET')
+  if (transport === 'kafka' && !e.KAFKA_BROKERS) problems.push('RESPONSE_TRANSPORT=kafka: needs KAFKA_BROKERS')
+  if (problems.length) throw new ConfigError(problems)
+  return { policy, transport, keyService: e.KEY_SERVICE_URL && e.KEY_SERVICE_SECRET ? { url: e.KEY_SERVICE_URL, secret: e.KEY_SERVICE_SECRET } : undefined }
 }

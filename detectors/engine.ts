@@ -25,7 +25,11 @@ export interface Logger {
 /** Parameter overrides per detector id, e.g. { "abuse.ratelimit_spike": { "min_429s": 80 } }. */
 export type ParamOverrides = Record<string, Params>
 
+/** Told after a run recorded its findings. Not awaited: a slow listener never delays the next run. */
+export type RunListener = (result: RunResult) => void | Promise<void>
+
 export class DetectionEngine {
+  private readonly listeners: RunListener[] = []
   private readonly running = new Map<string, Promise<RunResult>>()
   private readonly rerun = new Map<string, Promise<RunResult>>()
   private tasks: ScheduledTask[] = []
@@ -50,6 +54,10 @@ export class DetectionEngine {
       return { ...d, params: { ...d.params, ...o } }
     })
     if (problems.length) throw new ConfigError(problems)
+  }
+
+  onRun(listener: RunListener): void {
+    this.listeners.push(listener)
   }
 
   list(): Detector<Params, unknown>[] {
@@ -131,6 +139,11 @@ export class DetectionEngine {
       this.log.error({ detector: d.id, err: error }, 'detector failed')
     }
     const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs: performance.now() - started, rowsRead, findings, ...(error ? { error } : {}) }
+    for (const listener of this.listeners) {
+      void Promise.resolve()
+        .then(() => listener(result))
+        .catch((err) => this.log.error({ err: String(err), detector: d.id }, 'run listener failed'))
+    }
     await this.client
       .insert({
         table: 'detector_runs',

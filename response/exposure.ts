@@ -1,0 +1,152 @@
+// The exposure report: what a key did while it was exposed, so the incident can be judged (refunds, disclosures,
+// customer notices). The window runs from the first leak evidence or first anomalous use of the key until its
+// revocation, unless the caller gives one.
+import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
+import { chTime } from '../ingest/rows.ts'
+
+export interface ExposureWindow {
+  from: string
+  to: string
+  /** Why the window starts and ends where it does. */
+  basis: string
+}
+
+export interface ExposureReport {
+  key: { account_id: string; key_id: string; key_prefix: string; key_kind: string; mode: string; status: string; created_at: string | null; revoked_at: string | null }
+  window: ExposureWindow
+  totals: { requests: number; accepted: number; refused: number; write_requests: number; accepted_writes: number; distinct_ips: number; distinct_countries: number; distinct_asns: number; first_use: string | null; last_use: string | null }
+  by_endpoint_status: { method: string; endpoint: string; status: number; requests: number }[]
+  ips: { ip: string; country: string; asn: number; requests: number; accepted: number; first: string; last: string }[]
+  countries: { country: string; requests: number; accepted: number }[]
+  asns: { asn: number; requests: number; accepted: number }[]
+  writes: { method: string; endpoint: string; requests: number; accepted: number }[]
+  money: { currency: string; amount_minor: number; payments: number }[]
+  /** Requests after the window (after revocation: what the platform's caches or a failed revocation let through). */
+  after_window: { requests: number; accepted: number }
+}
+
+export class ExposureError extends Error {
+  readonly retriable = false
+  constructor(
+    readonly status: 400 | 404,
+    message: string,
+  ) {
+    super(message)
+    this.name = 'ExposureError'
+  }
+}
+
+/** Detectors whose findings mean the key was misused (not hygiene: stale, rotation, expiry). */
+const ANOMALY_DETECTORS = ['leak.public_report', 'leak.secret_key_client_side', 'abuse.ratelimit_spike', 'abuse.key_enumeration', 'key.mode_mismatch']
+const WRITE_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE']
+const DEFAULT_LOOKBACK_MS = 30 * 86_400_000
+
+export async function exposureReport(client: ClickHouseClient, keyId: string, window: { from?: Date; to?: Date } = {}, now = new Date()): Promise<ExposureReport> {
+  const [key] = await queryRows<ExposureReport['key']>(
+    client,
+    `SELECT account_id, key_id, key_prefix, key_kind, mode, status,
+            if(created_at IS NULL, NULL, toString(created_at)) AS created_at, if(revoked_at IS NULL, NULL, toString(revoked_at)) AS revoked_at
+     FROM key_inventory_at(at = {now:DateTime64(3, 'UTC')}) WHERE key_id = {key:String} LIMIT 1`,
+    { key: keyId, now: chTime(now.getTime()) },
+  )
+  if (!key) throw new ExposureError(404, `no key ${keyId} in the inventory`)
+  const w = await defaultWindow(client, key, window, now)
+  if (Date.parse(w.from) >= Date.parse(w.to)) throw new ExposureError(400, `the window is empty: from ${w.from} is not before to ${w.to}`)
+  const params = { account: key.account_id, key: key.key_id, from: chTime(Date.parse(w.from)), to: chTime(Date.parse(w.to)), writes: WRITE_METHODS }
+  const range = `FROM key_usage WHERE account_id = {account:String} AND key_id = {key:String}
+    AND occurred_at >= {from:DateTime64(3, 'UTC')} AND occurred_at < {to:DateTime64(3, 'UTC')}`
+  const q = <T>(sql: string) => queryRows<T>(client, sql, params)
+
+  const [totals, byEndpoint, ips, countries, asns, writes, money, after] = await Promise.all([
+    q<ExposureReport['totals']>(`SELECT count() AS requests, countIf(status < 400) AS accepted, countIf(status >= 400) AS refused,
+        countIf(method IN {writes:Array(String)}) AS write_requests, countIf(method IN {writes:Array(String)} AND status < 400) AS accepted_writes,
+        uniqExact(ip) AS distinct_ips, uniqExactIf(country, country != '') AS distinct_countries, uniqExactIf(asn, asn != 0) AS distinct_asns,
+        if(count() = 0, NULL, toString(min(occurred_at))) AS first_use, if(count() = 0, NULL, toString(max(occurred_at))) AS last_use ${range}`),
+    q<ExposureReport['by_endpoint_status'][number]>(`SELECT method, endpoint, status, count() AS requests ${range} GROUP BY method, endpoint, status ORDER BY requests DESC, endpoint, status LIMIT 1000`),
+    q<ExposureReport['ips'][number]>(`SELECT ip, any(country) AS country, any(asn) AS asn, count() AS requests, countIf(status < 400) AS accepted,
+        toString(min(occurred_at)) AS first, toString(max(occurred_at)) AS last ${range} GROUP BY ip ORDER BY requests DESC, ip LIMIT 1000`),
+    q<ExposureReport['countries'][number]>(`SELECT country, count() AS requests, countIf(status < 400) AS accepted ${range} GROUP BY country ORDER BY requests DESC, country`),
+    q<ExposureReport['asns'][number]>(`SELECT asn, count() AS requests, countIf(status < 400) AS accepted ${range} GROUP BY asn ORDER BY requests DESC, asn LIMIT 1000`),
+    q<ExposureReport['writes'][number]>(`SELECT method, endpoint, count() AS requests, countIf(status < 400) AS accepted ${range} AND method IN {writes:Array(String)}
+        GROUP BY method, endpoint ORDER BY requests DESC, endpoint`),
+    q<ExposureReport['money'][number]>(`SELECT currency, sum(amount_minor) AS amount_minor, count() AS payments ${range} AND status < 400 AND amount_minor > 0
+        GROUP BY currency ORDER BY amount_minor DESC, currency`),
+    q<ExposureReport['after_window']>(`SELECT count() AS requests, countIf(status < 400) AS accepted FROM key_usage
+        WHERE account_id = {account:String} AND key_id = {key:String} AND occurred_at >= {to:DateTime64(3, 'UTC')}`),
+  ])
+  return {
+    key,
+    window: w,
+    totals: totals[0]!,
+    by_endpoint_status: byEndpoint,
+    ips,
+    countries,
+    asns,
+    writes,
+    money,
+    after_window: after[0] ?? { requests: 0, accepted: 0 },
+  }
+}
+
+/** From the first leak report of any of the key's secrets or the first anomaly finding on it, until its revocation. */
+async function defaultWindow(client: ClickHouseClient, key: ExposureReport['key'], given: { from?: Date; to?: Date }, now: Date): Promise<ExposureWindow> {
+  const [evidence] = await queryRows<{ leak: string | null; anomaly: string | null }>(
+    client,
+    `SELECT
+       (SELECT if(count() = 0, NULL, toString(min(occurred_at))) FROM leak_reports WHERE token_sha256 IN (
+           SELECT secret_sha256 FROM key_lifecycle WHERE account_id = {account:String} AND key_id = {key:String} AND secret_sha256 IS NOT NULL)) AS leak,
+       (SELECT if(count() = 0, NULL, toString(min(first_seen_at))) FROM findings FINAL
+         WHERE account_id = {account:String} AND key_id = {key:String} AND detector IN {detectors:Array(String)}) AS anomaly`,
+    { account: key.account_id, key: key.key_id, detectors: ANOMALY_DETECTORS },
+  )
+  const starts = [evidence?.leak, evidence?.anomaly].filter((s): s is string => Boolean(s)).map(msOf)
+  const firstEvidence = starts.length ? Math.min(...starts) : undefined
+  const to = given.to ?? (key.revoked_at ? new Date(msOf(key.revoked_at)) : now)
+  let from = given.from
+  let basis: string
+  if (from) basis = 'as requested'
+  else if (firstEvidence !== undefined) {
+    from = new Date(firstEvidence)
+    basis = evidence?.leak && msOf(evidence.leak) === firstEvidence ? 'from the first leak report' : 'from the first anomaly finding'
+  } else {
+    from = new Date(Math.max(to.getTime() - DEFAULT_LOOKBACK_MS, key.created_at ? msOf(key.created_at) : 0))
+    basis = 'no leak report or anomaly finding: the 30 days before the end'
+  }
+  if (!given.to) basis += key.revoked_at ? ', until the revocation' : ', until now (the key is not revoked)'
+  return { from: new Date(from).toISOString(), to: to.toISOString(), basis }
+}
+
+const CSV_COLUMNS = ['section', 'method', 'endpoint', 'status', 'ip', 'country', 'asn', 'currency', 'requests', 'accepted', 'amount_minor', 'first', 'last'] as const
+
+/** One table an auditor can pivot: a row per figure, the `section` column saying which part of the report it is. */
+export function exposureCsv(r: ExposureReport): string {
+  type Row = Partial<Record<(typeof CSV_COLUMNS)[number], string | number | null>>
+  const rows: Row[] = [
+    { section: 'window', first: r.window.from, last: r.window.to },
+    { section: 'totals', requests: r.totals.requests, accepted: r.totals.accepted, first: r.totals.first_use, last: r.totals.last_use },
+    { section: 'writes_total', requests: r.totals.write_requests, accepted: r.totals.accepted_writes },
+    { section: 'after_window', requests: r.after_window.requests, accepted: r.after_window.accepted },
+    ...r.by_endpoint_status.map((e) => ({ section: 'endpoint_status', method: e.method, endpoint: e.endpoint, status: e.status, requests: e.requests })),
+    ...r.writes.map((e) => ({ section: 'write', method: e.method, endpoint: e.endpoint, requests: e.requests, accepted: e.accepted })),
+    ...r.ips.map((e) => ({ section: 'ip', ip: e.ip, country: e.country, asn: e.asn, requests: e.requests, accepted: e.accepted, first: e.first, last: e.last })),
+    ...r.countries.map((e) => ({ section: 'country', country: e.country, requests: e.requests, accepted: e.accepted })),
+    ...r.asns.map((e) => ({ section: 'asn', asn: e.asn, requests: e.requests, accepted: e.accepted })),
+    ...r.money.map((e) => ({ section: 'money', currency: e.currency, amount_minor: e.amount_minor, requests: e.payments })),
+  ]
+  return [csvLine([...CSV_COLUMNS]), ...rows.map((row) => csvLine(CSV_COLUMNS.map((c) => row[c] ?? '')))].join('\r\n') + '\r\n'
+}
+
+/** RFC 4180, and a cell that a spreadsheet would run as a formula is prefixed with a quote. */
+function csvLine(cells: (string | number | null)[]): string {
+  return cells
+    .map((c) => {
+      let s = c === null ? '' : String(c)
+      if (/^[=+\-@\t\r]/.test(s) && typeof c === 'string') s = `'${s}`
+      return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s
+    })
+    .join(',')
+}
+
+function msOf(chDateTime: string): number {
+  return Date.parse(chDateTime.replace(' ', 'T') + 'Z')
+}
