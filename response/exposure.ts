@@ -69,8 +69,9 @@ export async function exposureReport(client: ClickHouseClient, keyId: string, wi
     q<ExposureReport['asns'][number]>(`SELECT asn, count() AS requests, countIf(status < 400) AS accepted ${range} GROUP BY asn ORDER BY requests DESC, asn LIMIT 1000`),
     q<ExposureReport['writes'][number]>(`SELECT method, endpoint, count() AS requests, countIf(status < 400) AS accepted ${range} AND method IN {writes:Array(String)}
         GROUP BY method, endpoint ORDER BY requests DESC, endpoint`),
-    q<ExposureReport['money'][number]>(`SELECT currency, sum(amount_minor) AS amount_minor, count() AS payments ${range} AND status < 400 AND amount_minor > 0
-        GROUP BY currency ORDER BY amount_minor DESC, currency`),
+    // Not `AS amount_minor`: the alias would shadow the column in WHERE.
+    q<{ currency: string; total_minor: number; payments: number }>(`SELECT currency, sum(amount_minor) AS total_minor, count() AS payments ${range}
+        AND status < 400 AND amount_minor > 0 GROUP BY currency ORDER BY total_minor DESC, currency`),
     q<ExposureReport['after_window']>(`SELECT count() AS requests, countIf(status < 400) AS accepted FROM key_usage
         WHERE account_id = {account:String} AND key_id = {key:String} AND occurred_at >= {to:DateTime64(3, 'UTC')}`),
   ])
@@ -83,7 +84,7 @@ export async function exposureReport(client: ClickHouseClient, keyId: string, wi
     countries,
     asns,
     writes,
-    money,
+    money: money.map((m) => ({ currency: m.currency, amount_minor: m.total_minor, payments: m.payments })),
     after_window: after[0] ?? { requests: 0, accepted: 0 },
   }
 }
