@@ -1,23 +1,38 @@
 #!/usr/bin/env node
 // Entry point of the `keywatch` CLI. keywatch needs Node >= 22; our machines ship Node 20, so when an older
 // runtime starts this file we re-run it on the Node 24 that the `node` devDependency installed.
+//
+// The embedded engine (chdb) reads the process's fd 0 as data for its INSERTs (chdb-io/chdb-core#239): with input
+// piped in, every insert fails, or would store that input. So the engine never gets our stdin: it is replaced by
+// /dev/null, and `keywatch ingest -` runs in a child that reads the piped input on fd 3 instead.
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync, openSync } from 'node:fs'
+import { isatty } from 'node:tty'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+const args = process.argv.slice(2)
 const major = Number(process.versions.node.split('.')[0])
-if (major < 22) {
+const pipedInput = !isatty(0) && args[0] === 'ingest' && args.includes('-') && !args.includes('--input-fd')
+
+if (major < 22 || pipedInput) {
   const bundled = join(root, 'node_modules', 'node', 'bin', 'node')
-  if (!existsSync(bundled)) {
+  if (major < 22 && !existsSync(bundled)) {
     console.error(`keywatch needs Node.js >= 22 (this is ${process.version}); run \`npm install\` in ${root} first.`)
     process.exit(1)
   }
-  const child = spawn(bundled, [fileURLToPath(import.meta.url), ...process.argv.slice(2)], { stdio: 'inherit' })
+  const node = major < 22 ? bundled : process.execPath
+  const child = spawn(node, [fileURLToPath(import.meta.url), ...args, ...(pipedInput ? ['--input-fd', '3'] : [])], {
+    stdio: pipedInput ? ['ignore', 'inherit', 'inherit', process.stdin] : 'inherit',
+  })
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 : 1)))
 } else {
+  if (!isatty(0)) {
+    closeSync(0)
+    openSync('/dev/null', 'r') // takes fd 0, the lowest free descriptor
+  }
   const { register } = await import('tsx/esm/api')
   register()
   await import(join(root, 'cli', 'main.ts'))

@@ -1,35 +1,19 @@
 // The `keywatch` command line.
-import { createReadStream, statSync } from 'node:fs'
+import { createReadStream, fstatSync, statSync } from 'node:fs'
+import { Socket } from 'node:net'
 import { Readable } from 'node:stream'
-import { Command, CommanderError } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { buildApi } from '../api/server.ts'
 import { DataDirLockedError, openStorage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
-import { ConfigError, loadEnv, parseConfig, type Config } from '../config/config.ts'
+import { ConfigError } from '../config/config.ts'
 import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
-import { announceInstance, readInstance } from './instance.ts'
+import { config, dataDirOf, ExitError, openForCommand, runningInstance } from './context.ts'
+import { announceInstance } from './instance.ts'
+import { registerResponseCommands } from './response-commands.ts'
 import { progressBar } from './progress.ts'
 import { createLogger, openRuntime } from './runtime.ts'
-
-/** Exit codes: 0 done, 1 done but input was rejected or the work failed, 2 bad invocation or configuration. */
-class ExitError extends Error {
-  constructor(
-    message: string,
-    readonly exitCode: number,
-  ) {
-    super(message)
-  }
-}
-
-function config(): Config {
-  return parseConfig(loadEnv())
-}
-
-/** The running `keywatch start` that holds the embedded data directory, if any. */
-function runningInstance(cfg: Config) {
-  return cfg.clickhouse.mode === 'embedded' ? readInstance(cfg.clickhouse.dataDir) : undefined
-}
 
 async function start(): Promise<void> {
   const cfg = config()
@@ -99,7 +83,13 @@ async function runMigrate(): Promise<void> {
   }
 }
 
-async function runIngest(file: string, opts: { json?: boolean }): Promise<void> {
+/** A pipe or socket is read as a stream (it may be non-blocking); a redirected file as a file. */
+function readDescriptor(fd: number): Readable {
+  const stat = fstatSync(fd)
+  return stat.isFIFO() || stat.isSocket() ? new Socket({ fd, readable: true, writable: false }) : createReadStream('', { fd, highWaterMark: 1 << 20 })
+}
+
+async function runIngest(file: string, opts: { json?: boolean; inputFd?: string }): Promise<void> {
   const cfg = config()
   let total: number | undefined
   if (file !== '-') {
@@ -113,7 +103,9 @@ async function runIngest(file: string, opts: { json?: boolean }): Promise<void> 
     if (!stat.isFile() && !stat.isFIFO()) throw new ExitError(`cannot read ${file}: not a regular file`, 2)
     total = stat.isFile() ? stat.size : undefined
   }
-  const input: Readable = file === '-' ? process.stdin : createReadStream(file, { highWaterMark: 1 << 20 })
+  // Piped input arrives on another descriptor (bin/keywatch.js): the embedded engine must not see it on fd 0.
+  const stdin = () => (opts.inputFd ? readDescriptor(Number(opts.inputFd)) : process.stdin)
+  const input: Readable = file === '-' ? stdin() : createReadStream(file, { highWaterMark: 1 << 20 })
   const bar = process.stderr.isTTY && !opts.json ? progressBar(total) : undefined
   let report: NdjsonReport
 
@@ -149,15 +141,6 @@ async function runIngest(file: string, opts: { json?: boolean }): Promise<void> 
   bar?.done()
   process.stdout.write(opts.json ? JSON.stringify(report) + '\n' : formatReport(report))
   if (report.rejected > 0) process.exitCode = 1
-}
-
-/** Opens the data for a command that cannot go through a running instance, or says who holds it. */
-async function openForCommand(cfg: Config, what: string) {
-  const instance = runningInstance(cfg)
-  if (instance) {
-    throw new ExitError(`keywatch (pid ${instance.pid}, ${instance.url}) holds ${dataDirOf(cfg)}; stop it to ${what} from the command line`, 1)
-  }
-  return openRuntime(cfg, createLogger(cfg))
 }
 
 async function runDetect(opts: { once?: boolean; at?: string; only?: string; json?: boolean }): Promise<void> {
@@ -212,10 +195,6 @@ function formatReport(r: NdjsonReport): string {
   return lines.join('\n') + '\n'
 }
 
-function dataDirOf(cfg: Config): string {
-  return cfg.clickhouse.mode === 'embedded' ? cfg.clickhouse.dataDir : cfg.clickhouse.url
-}
-
 // kafkajs computes a negative timeout on Node >= 24 (harmless); keep that one warning out of operators' logs.
 process.removeAllListeners('warning')
 process.on('warning', (warning) => {
@@ -240,6 +219,7 @@ program
   .description('ingest an NDJSON file of contract events of any type (- for stdin); exits 1 if any line was rejected')
   .argument('<file>', 'NDJSON file, or - for stdin')
   .option('--json', 'print the summary as JSON')
+  .addOption(new Option('--input-fd <fd>', 'read - from this descriptor (set by bin/keywatch.js)').hideHelp())
   .action(runIngest)
 
 program
@@ -259,6 +239,8 @@ program
   .option('--detector <id>', 'one detector')
   .option('--account <id>', 'one account')
   .action(runFindings)
+
+registerResponseCommands(program)
 
 try {
   await program.parseAsync(process.argv)
