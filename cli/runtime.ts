@@ -56,6 +56,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     maxRows: config.ingest.batchMaxRows,
     maxWaitMs: config.ingest.batchMaxWaitMs,
     maxInflight: config.ingest.maxInflightBatches,
+    // A leak report starts the clock on a revocation: it does not wait for company.
+    lingerMs: { leak_reports: 0 },
     onFlush: (table, s) => log.debug({ table, ...s }, 'batch stored'),
   })
   const pipeline = new IngestPipeline(storage.client, writer)
@@ -77,12 +79,17 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     for (const f of run.findings) if (f.change !== 'updated') log.warn({ finding: f.finding.finding_id, detector: run.detector, severity: f.finding.severity, title: f.finding.title }, 'finding raised')
     if (run.findings.length) announce(run.findings)
   })
-  // A leaked key is raised as its report is stored, not at the next tick.
+  // A leaked key is raised as its report is stored, not at the next tick. Such a run reads only the reports stored
+  // since the previous one began (with a second of slack for inserts still settling); the minute runs read them all,
+  // and raise the unmatched reports (nothing to revoke there, so they wait for the minute).
+  let freshSince = 0
   pipeline.onStored((type) => {
     if (type !== 'leak.reported') return
-    for (const id of ['leak.public_report', 'leak.unmatched_report']) {
-      void detection.runFresh(id).catch((err) => log.error({ err: String(err), detector: id }, 'leak detection failed'))
-    }
+    const since = freshSince
+    freshSince = Date.now()
+    void detection
+      .runFresh('leak.public_report', { received_after_ms: Math.max(0, since - 1_000) })
+      .catch((err) => log.error({ err: String(err), detector: 'leak.public_report' }, 'leak detection failed'))
   })
   let started = false
   return {

@@ -70,11 +70,15 @@ export class DetectionEngine {
     return d
   }
 
-  /** Runs one detector as of `at`; a run already in progress is joined, not started twice. */
-  run(id: string, at = new Date()): Promise<RunResult> {
+  /**
+   * Runs one detector as of `at`; a run already in progress is joined, not started twice. `narrow` overrides
+   * parameters for this run only (e.g. the leak detectors' `received_after_ms`).
+   */
+  run(id: string, at = new Date(), narrow: Params = {}): Promise<RunResult> {
     const inProgress = this.running.get(id)
     if (inProgress) return inProgress
-    const run = this.execute(this.get(id), at).finally(() => this.running.delete(id))
+    const d = this.get(id)
+    const run = this.execute({ ...d, params: { ...d.params, ...narrow } }, at).finally(() => this.running.delete(id))
     this.running.set(id, run)
     return run
   }
@@ -83,16 +87,16 @@ export class DetectionEngine {
    * Runs a detector now and makes sure the run starts after this call: data stored just before (a leak report)
    * is seen even when a run is already in progress, by running once more after it. Calls during that wait share it.
    */
-  runFresh(id: string): Promise<RunResult> {
+  runFresh(id: string, narrow: Params = {}): Promise<RunResult> {
     const pending = this.rerun.get(id)
     if (pending) return pending
     const inProgress = this.running.get(id)
-    if (!inProgress) return this.run(id)
+    if (!inProgress) return this.run(id, new Date(), narrow)
     const next = inProgress
       .catch(() => undefined)
       .then(() => {
         this.rerun.delete(id)
-        return this.run(id)
+        return this.run(id, new Date(), narrow)
       })
     this.rerun.set(id, next)
     return next

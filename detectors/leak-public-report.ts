@@ -18,23 +18,40 @@ export interface LeakRow {
   reported_at: string
 }
 
-/** Leak reports of the lookback window, each with the key whose secret (current or superseded) it matches. */
+/**
+ * Leak reports of the lookback window, each with the key whose secret (current or superseded) it matches. Only the
+ * keys the reports name are read (the secret's bloom filter, then the keys' own rows), never the whole inventory.
+ * `received_after_ms` narrows a run to reports stored since then (the run made as a report is ingested); 0: all.
+ */
 export const LEAK_MATCH_QUERY = `
-WITH secrets AS (
+WITH reports AS (
+    SELECT event_id, account_id, token_sha256, token_prefix, source, url, occurred_at
+    FROM leak_reports
+    WHERE occurred_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
+      AND occurred_at <= {at:DateTime64(3, 'UTC')}
+      AND received_at > fromUnixTimestamp64Milli(toInt64({received_after_ms:UInt64}), 'UTC')
+),
+matched_keys AS (
+    SELECT DISTINCT account_id, key_id FROM key_lifecycle
+    WHERE action IN ('created', 'reset') AND secret_sha256 IN (SELECT token_sha256 FROM reports) AND occurred_at <= {at:DateTime64(3, 'UTC')}
+),
+secrets AS (
     SELECT account_id, key_id, secret_sha256, key_prefix, key_kind, mode,
            occurred_at = max(occurred_at) OVER (PARTITION BY account_id, key_id) AS is_current
     FROM key_lifecycle
-    WHERE action IN ('created', 'reset') AND secret_sha256 IS NOT NULL AND occurred_at <= {at:DateTime64(3, 'UTC')}
+    WHERE (account_id, key_id) IN (SELECT account_id, key_id FROM matched_keys)
+      AND action IN ('created', 'reset') AND secret_sha256 IS NOT NULL AND occurred_at <= {at:DateTime64(3, 'UTC')}
 )
 SELECT toString(l.event_id) AS event_id, l.account_id AS reported_account_id, l.token_sha256 AS token_sha256,
        l.token_prefix AS token_prefix, l.source AS source, l.url AS url, toString(l.occurred_at) AS reported_at,
        s.account_id AS account_id, s.key_id AS key_id, s.key_prefix AS key_prefix, s.key_kind AS key_kind, s.mode AS mode,
        s.is_current AS is_current, inv.status AS key_status, inv.auto_generated AS auto_generated
-FROM leak_reports AS l
+FROM reports AS l
 LEFT JOIN secrets AS s ON s.secret_sha256 = l.token_sha256
-LEFT JOIN key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS inv ON inv.account_id = s.account_id AND inv.key_id = s.key_id
-WHERE l.occurred_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
-  AND l.occurred_at <= {at:DateTime64(3, 'UTC')}
+LEFT JOIN (
+    SELECT account_id, key_id, status, auto_generated FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')})
+    WHERE (account_id, key_id) IN (SELECT account_id, key_id FROM matched_keys)
+) AS inv ON inv.account_id = s.account_id AND inv.key_id = s.key_id
 `
 
 export default defineDetector({
@@ -43,7 +60,7 @@ export default defineDetector({
   severity: 'critical',
   schedule: '* * * * *',
   lookback: '1 day of leak reports (and at once as each report is ingested)',
-  params: { lookback_seconds: 86_400 },
+  params: { lookback_seconds: 86_400, received_after_ms: 0 },
   query: `SELECT * FROM (${LEAK_MATCH_QUERY}) WHERE key_id != '' AND is_current`,
   toFinding: (r: LeakRow) => ({
     detector: 'leak.public_report',

@@ -8,7 +8,7 @@ export default defineDetector({
   severity: 'info',
   schedule: '* * * * *',
   lookback: '1 day of leak reports (and at once as each report is ingested)',
-  params: { lookback_seconds: 86_400 },
+  params: { lookback_seconds: 86_400, received_after_ms: 0 },
   // A report matches nothing current when no key's current secret has its hash (it may match superseded ones).
   query: `
     SELECT any(reported_account_id) AS account_id, token_sha256, any(token_prefix) AS token_prefix, any(source) AS source,

@@ -16,6 +16,8 @@ export interface WriteResult {
 export interface WriterOptions {
   maxRows: number
   maxWaitMs: number
+  /** Per table, how long an idle table lingers for more rows instead of maxWaitMs (0 for latency-critical ones). */
+  lingerMs?: Partial<Record<TableName, number>>
   /** Lookups and inserts running at once across all tables; further ones wait their turn. */
   maxInflight: number
   retries?: number
@@ -89,7 +91,7 @@ export class EventWriter {
     if (state.rows >= this.options.maxRows) this.flush(table)
     // Group commit: an idle table lingers briefly for more rows; a busy one sends what piled up once its current
     // batch has looked up its duplicates and moved on to inserting.
-    else if (!state.lookingUp) state.timer ??= setTimeout(() => this.flush(table), this.options.maxWaitMs)
+    else if (!state.lookingUp) state.timer ??= setTimeout(() => this.flush(table), this.options.lingerMs?.[table] ?? this.options.maxWaitMs)
     return promise
   }
 

@@ -78,6 +78,8 @@ export class ResponseEngine {
   private recentAuto: { account_id: string; at: number }[] = []
   private readonly listeners: ActionListener[] = []
   private watchTimer?: NodeJS.Timeout
+  /** Findings already decided in this process (not failed): a finding that fires again is not looked up again. */
+  private readonly decided = new Set<string>()
   private readonly now: () => number
 
   constructor(private readonly deps: ResponseDeps) {
@@ -126,55 +128,61 @@ export class ResponseEngine {
       .map((r) => r.finding)
       .filter((f) => f.key_id && f.status !== 'suppressed' && f.status !== 'resolved')
       .filter((f) => acting.some((r) => r.detectors.length === 0 || r.detectors.includes(f.detector)))
+      .filter((f) => !this.decided.has(f.finding_id))
     if (!candidates.length) return Promise.resolve([])
-    return this.serial(() => this.decide(candidates))
+    // Decisions are serialized (guard-rail counts stay exact, a finding is decided once); sending is not, so one slow
+    // key service call never holds up the next leaked key.
+    return this.serial(() => this.decide(candidates)).then(({ held, toSend }) => Promise.all([...held, ...toSend.map((a) => this.send(a))]))
   }
 
-  private async decide(findings: Finding[]): Promise<Action[]> {
+  /** Decides what to do for each finding; held actions are saved as such, the others saved as requested. */
+  private async decide(findings: Finding[]): Promise<{ held: Action[]; toSend: Action[] }> {
     const previous = await this.deps.actions.forFindings(findings.map((f) => f.finding_id))
     const keys = await this.keyFacts(findings.map((f) => f.key_id))
     const paused = await this.isPaused()
-    const out: Action[] = []
+    const held: Action[] = []
+    const toSend: Action[] = []
     for (const finding of findings) {
       const before = previous.filter((a) => a.finding_id === finding.finding_id)
       const retry = before.length > 0 && before.every((a) => a.status === 'failed') && before.length < MAX_AUTO_ATTEMPTS
       if (before.length > 0 && !retry) continue
       const key = keys.get(finding.key_id)
       const rule = key && matchRule(this.deps.policy, { detector: finding.detector, severity: finding.severity, key_kind: key.key_kind, mode: key.mode })
-      if (!rule || rule.action === 'alert') continue
-      out.push(await this.actAutomatically(finding, key, rule.name, rule.action, paused))
+      if (!key || !rule || rule.action === 'alert') continue
+      const { command, note } = commandFor(key, rule.action)
+      const action = this.deps.actions.draft({
+        command,
+        account_id: key.account_id,
+        key_id: key.key_id,
+        key_prefix: key.key_prefix,
+        finding_id: finding.finding_id,
+        policy: rule.name,
+        requested_by: `auto:${finding.detector}`,
+        reason: `${finding.title} (finding ${finding.finding_id})`,
+        incident: true,
+        forced: false,
+        transport: this.deps.sender.transport,
+        status: 'requested',
+        status_detail: note,
+        requested_at: new Date(this.now()),
+      })
+      const hold = this.holdReason(key, paused)
+      if (!hold) {
+        this.recentAuto.push({ account_id: key.account_id, at: this.now() })
+        toSend.push(action)
+        continue
+      }
+      const heldAction: Action = { ...action, status: hold.status, status_detail: joinDetail(note, hold.detail) }
+      held.push(heldAction)
+      if (hold.status === 'blocked') await this.raiseGuardRail(key, heldAction, hold.detail)
     }
-    return out
-  }
-
-  private async actAutomatically(finding: Finding, key: KeyFacts, policyName: string, wanted: 'revoke' | 'reset', paused: boolean): Promise<Action> {
-    const { command, note } = commandFor(key, wanted)
-    let action = this.deps.actions.draft({
-      command,
-      account_id: key.account_id,
-      key_id: key.key_id,
-      key_prefix: key.key_prefix,
-      finding_id: finding.finding_id,
-      policy: policyName,
-      requested_by: `auto:${finding.detector}`,
-      reason: `${finding.title} (finding ${finding.finding_id})`,
-      incident: true,
-      forced: false,
-      transport: this.deps.sender.transport,
-      status: 'requested',
-      status_detail: note,
-      requested_at: new Date(this.now()),
-    })
-    const hold = this.holdReason(key, paused)
-    if (hold) {
-      action = { ...action, status: hold.status, status_detail: joinDetail(note, hold.detail) }
-      await this.save(action)
-      if (hold.status === 'blocked') await this.raiseGuardRail(key, action, hold.detail)
-      this.deps.log.warn({ action: action.action_id, key: key.key_prefix, account: key.account_id, status: action.status, detail: action.status_detail }, 'automatic action held')
-      return action
-    }
-    this.recentAuto.push({ account_id: key.account_id, at: this.now() })
-    return this.dispatch(action)
+    // Written before anything is sent: a crash in between still leaves the request on record, and the next decision
+    // on the same finding sees it.
+    await this.save([...held, ...toSend])
+    if (this.decided.size > 100_000) this.decided.clear() // a bound, not a correctness matter: the table is the truth
+    for (const f of findings) this.decided.add(f.finding_id)
+    for (const a of held) this.deps.log.warn({ action: a.action_id, key: a.key_prefix, account: a.account_id, status: a.status, detail: a.status_detail }, 'automatic action held')
+    return { held, toSend }
   }
 
   /** Why an automatic action must not go out, if it must not. */
@@ -214,8 +222,8 @@ export class ResponseEngine {
   // ---- manual: a person asks ------------------------------------------------------------------------------
 
   /** A person's revoke or reset. Refusals are recorded as actions too, and thrown as ResponseError. */
-  manual(request: ManualRequest): Promise<Action> {
-    return this.serial(async () => {
+  async manual(request: ManualRequest): Promise<Action> {
+    const action = await this.serial(async () => {
       if (!request.reason.trim()) throw new ResponseError(400, 'reason_required', 'a manual revoke or reset needs a reason')
       const key = (await this.keyFacts([request.key_id])).get(request.key_id)
       if (!key) throw new ResponseError(404, 'unknown_key', `no key ${request.key_id} in the inventory`)
@@ -238,11 +246,13 @@ export class ResponseEngine {
       const refusal = await this.manualRefusal(request, key)
       if (refusal) {
         const refused: Action = { ...action, status: 'refused', status_detail: refusal.message }
-        await this.save(refused)
+        await this.save([refused])
         throw new ResponseError(refusal.status, refusal.code, refusal.message, refused)
       }
-      return this.dispatch(action)
+      await this.save([action])
+      return action
     })
+    return this.send(action)
   }
 
   private async manualRefusal(request: ManualRequest, key: KeyFacts): Promise<{ status: 409 | 422; code: string; message: string } | undefined> {
@@ -269,8 +279,8 @@ export class ResponseEngine {
 
   // ---- sending and confirming -----------------------------------------------------------------------------
 
-  private async dispatch(action: Action): Promise<Action> {
-    await this.save(action) // written before it is sent: a crash in between still leaves the request on record
+  /** Sends a saved, requested action and saves what the key service said. */
+  private async send(action: Action): Promise<Action> {
     let result: SendResult = await this.deps.sender.send(commandOf(action))
     let sent = action
     if (result.state === 'not_revocable' && action.command === 'revoke') {
@@ -279,7 +289,8 @@ export class ResponseEngine {
       result = await this.deps.sender.send(commandOf(sent))
     }
     const done = this.settle(sent, result)
-    await this.save(done)
+    if (done !== action) await this.save([done])
+    if (done.status === 'failed') this.decided.delete(done.finding_id) // tried again when the finding fires again
     const log = done.status === 'failed' ? this.deps.log.error.bind(this.deps.log) : this.deps.log.info.bind(this.deps.log)
     log({ action: done.action_id, command: done.command, key: done.key_prefix, account: done.account_id, status: done.status, by: done.requested_by, detail: done.status_detail }, 'key action')
     return done
@@ -321,7 +332,7 @@ export class ResponseEngine {
         if (!event) continue
         confirmed.push({ ...action, status: 'confirmed', confirmed_at: chTime(this.now()), confirmed_by: 'lifecycle', effective_at: event.at, status_detail: joinDetail(action.status_detail, `key.lifecycle ${event.action} at ${event.at}`) })
       }
-      for (const a of confirmed) await this.save(a)
+      await this.save(confirmed)
       return confirmed
     })
   }
@@ -350,7 +361,7 @@ export class ResponseEngine {
         if (!action || action.status !== 'confirmed') continue
         const detail = `${row.accepted} requests accepted more than ${this.deps.policy.cache_grace_seconds} s after the revocation (first ${row.first}, last ${row.last}, ${row.ips} IPs)`
         const updated: Action = { ...action, status: 'not_effective', status_detail: joinDetail(action.status_detail, detail) }
-        await this.save(updated)
+        await this.save([updated])
         changed.push(updated)
         await this.deps.raise(
           [
@@ -421,13 +432,16 @@ export class ResponseEngine {
     return new Map(rows.map((r) => [r.key_id, { ...r, auto_generated: Boolean(r.auto_generated) }]))
   }
 
-  private async save(action: Action): Promise<void> {
-    await this.deps.actions.write([action])
-    for (const l of this.listeners) {
-      try {
-        l(action)
-      } catch (err) {
-        this.deps.log.error({ err: String(err) }, 'action listener failed')
+  private async save(actions: Action[]): Promise<void> {
+    if (!actions.length) return
+    await this.deps.actions.write(actions)
+    for (const action of actions) {
+      for (const l of this.listeners) {
+        try {
+          l(action)
+        } catch (err) {
+          this.deps.log.error({ err: String(err) }, 'action listener failed')
+        }
       }
     }
   }
