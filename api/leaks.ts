@@ -37,14 +37,15 @@ export async function leakRoutes(app: FastifyInstance, deps: LeakIntakeDeps): Pr
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
   const seenSignatures = new Map<string, number>() // replay guard: signature hash -> first seen (ms)
 
-  app.post('/v1/leaks', async (request, reply) => {
+  app.post('/v1/leaks', { config: { permission: 'ingest' }, schema: { tags: ['ingest'], summary: 'Report a leaked secret (the contract\'s leak.reported)' } }, async (request, reply) => {
     const raw = request.body as Buffer
     const { summary, rejections } = await deps.pipeline.ingest([{ raw, origin: { source: 'http' } }], 'leak.reported')
     if (rejections[0]) throw new ApiError(400, rejections[0].reason, rejections[0].detail)
     return reply.status(202).send({ accepted: summary.accepted, duplicate: summary.duplicates > 0 })
   })
 
-  app.post('/v1/leaks/github', async (request, reply) => {
+  // No token: GitHub signs the body instead.
+  app.post('/v1/leaks/github', { schema: { tags: ['ingest'], summary: "GitHub secret-scanning partner reports (ECDSA-signed)", security: [] } }, async (request, reply) => {
     const raw = request.body as Buffer
     const keyId = request.headers['github-public-key-identifier']
     const signature = request.headers['github-public-key-signature']

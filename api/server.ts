@@ -1,20 +1,54 @@
-// The HTTP API. Plugins and routes are registered in a fixed order: error handling, health, then /v1 routes.
+// The HTTP API. Registered in a fixed order: validation and errors, OpenAPI, auth, rate limit, audit, then the
+// routes, each group in its own plugin. zod schemas validate every input, type the handlers and make the OpenAPI
+// document at /docs; every failure has one shape: { error: { code, message } }.
+import { randomUUID } from 'node:crypto'
+import rateLimit from '@fastify/rate-limit'
+import swagger from '@fastify/swagger'
+import swaggerUi from '@fastify/swagger-ui'
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod'
+import type { AuditLog } from '../audit/audit-log.ts'
+import type { ClickHouseClient } from '../clickhouse/client.ts'
+import type { DetectionEngine } from '../detectors/engine.ts'
+import type { FindingStore } from '../detectors/findings.ts'
 import { ingestNdjson } from '../ingest/ndjson.ts'
-import { ApiError } from './errors.ts'
-import { leakRoutes, type LeakIntakeDeps } from './leaks.ts'
-import { responseRoutes, type ResponseApiDeps } from './response.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
+import type { ActionStore } from '../response/actions.ts'
+import type { ResponseEngine } from '../response/engine.ts'
+import { registerAudit } from './audit.ts'
+import { registerAuth } from './auth.ts'
+import { detectorRoutes } from './detectors.ts'
+import { ApiError } from './errors.ts'
+import { findingRoutes } from './findings.ts'
+import { keyRoutes } from './keys.ts'
+import { leakRoutes, type GithubPublicKey } from './leaks.ts'
+import type { Metrics } from './metrics.ts'
+import { responseRoutes } from './response.ts'
+import { tokenRoutes } from './token-routes.ts'
+import type { TokenStore } from './tokens.ts'
 
 export interface ApiDeps {
-  pipeline: IngestPipeline
   log: FastifyBaseLogger
   /** Reports whether storage answers; /readyz fails while it does not. */
   storageReady: () => Promise<boolean>
-  /** Leak intake (POST /v1/leaks, /v1/leaks/github). */
-  leaks?: LeakIntakeDeps
-  /** Manual revokes, actions, exposure reports and the kill switch. */
-  response?: ResponseApiDeps
+  client: ClickHouseClient
+  pipeline: IngestPipeline
+  findings: FindingStore
+  detection: DetectionEngine
+  actions: ActionStore
+  response: ResponseEngine
+  tokens: TokenStore
+  /** The running instance's own token for its command line (see api/auth.ts). */
+  localToken?: string
+  githubKeys: GithubPublicKey[]
+  /** Records every call that changes something or reads an export. */
+  audit?: AuditLog
+  /** Serves /metrics (to any token that may read) unless metrics have a port of their own. */
+  metrics?: Metrics
+  /** Requests per minute per token (per IP without one). */
+  rateLimitPerMinute?: number
+  /** More route groups (exports, Slack interactions), each registered in its own scope after the core routes. */
+  plugins?: ((scope: FastifyInstance) => Promise<void>)[]
 }
 
 export { ApiError }
@@ -24,59 +58,92 @@ const CODE_OF_STATUS: Record<number, string> = {
   401: 'unauthorized',
   403: 'forbidden',
   404: 'not_found',
+  405: 'method_not_allowed',
+  409: 'conflict',
   413: 'payload_too_large',
   415: 'unsupported_media_type',
   429: 'rate_limited',
 }
 
-export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024 })
+const WHERE: Record<string, string> = { body: 'body', querystring: 'query', params: 'path', headers: 'header' }
 
-  // One error shape for every failure: { error: { code, message } }. Unknown errors never leak internals.
-  app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown }, request, reply) => {
+const NDJSON_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/plain']
+
+export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
+  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID() })
+  app.setValidatorCompiler(validatorCompiler)
+  app.setSerializerCompiler(serializerCompiler)
+
+  // One error shape. A 400 names the field and what is wrong with it; unknown errors never leak internals.
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown; validationContext?: string }, request, reply) => {
     if (err instanceof ApiError) return reply.status(err.statusCode).send({ error: { code: err.code, message: err.message } })
-    if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-      return reply.status(415).send({ error: { code: 'unsupported_media_type', message: `unsupported Content-Type ${JSON.stringify(request.headers['content-type'] ?? '')}: send events as NDJSON (application/x-ndjson), leak reports as application/json` } })
+    if (hasZodFastifySchemaValidationErrors(err)) {
+      const issue = err.validation[0]!
+      const field = [WHERE[err.validationContext ?? ''] ?? err.validationContext, ...issue.instancePath.split('/').filter(Boolean)].join('.')
+      return reply.status(400).send({ error: { code: 'invalid_input', message: `${field}: ${issue.message}` } })
     }
-    if (err.validation || (err.statusCode && err.statusCode < 500)) {
-      const status = err.statusCode ?? 400
-      return reply.status(status).send({ error: { code: CODE_OF_STATUS[status] ?? 'bad_request', message: err.message } })
+    if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      return reply.status(415).send({ error: { code: 'unsupported_media_type', message: `unsupported Content-Type ${JSON.stringify(request.headers['content-type'] ?? '')}: send events as NDJSON (application/x-ndjson), everything else as application/json` } })
+    }
+    if (err.statusCode && err.statusCode < 500) {
+      return reply.status(err.statusCode).send({ error: { code: CODE_OF_STATUS[err.statusCode] ?? 'bad_request', message: err.message } })
     }
     request.log.error({ err }, 'request failed')
     return reply.status(500).send({ error: { code: 'internal', message: 'internal error; see the server log for request ' + request.id } })
   })
-  app.setNotFoundHandler((request, reply) =>
-    reply.status(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url}` } }),
-  )
+  app.setNotFoundHandler((request, reply) => reply.status(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` } }))
 
-  app.get('/healthz', async () => ({ status: 'ok' }))
-  app.get('/readyz', async (_request, reply) => {
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'keywatch', description: 'Security monitoring and audit analytics for API keys', version: '1' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'an API token: keywatch token create --role …' } } },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+  })
+  await app.register(swaggerUi, { routePrefix: '/docs' })
+
+  registerAuth(app, { tokens: deps.tokens, localToken: deps.localToken })
+  await app.register(rateLimit, {
+    global: true,
+    hook: 'preHandler', // after auth: the limit is per token
+    max: deps.rateLimitPerMinute ?? 600,
+    timeWindow: '1 minute',
+    keyGenerator: (request) => request.principal?.token_id ?? request.ip,
+    errorResponseBuilder: (_request, context) => new ApiError(429, 'rate_limited', `more than ${context.max} requests a minute: retry in ${context.after}`),
+  })
+  if (deps.audit) registerAudit(app, deps.audit)
+
+  app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }))
+  app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
     const ok = await deps.storageReady().catch(() => false)
     return reply.status(ok ? 200 : 503).send({ status: ok ? 'ready' : 'storage unavailable' })
   })
+  if (deps.metrics) {
+    const metrics = deps.metrics
+    app.get('/metrics', { config: { permission: 'read' }, schema: { hide: true } }, async (_request, reply) =>
+      reply.header('content-type', metrics.registry.contentType).send(await metrics.registry.metrics()),
+    )
+  }
 
   // NDJSON bodies are streamed through the pipeline, never buffered whole.
-  app.addContentTypeParser(['application/x-ndjson', 'application/ndjson', 'text/plain'], (_request, payload, done) => done(null, payload))
-  app.post('/v1/events', async (request, reply) => {
-    const type = request.headers['content-type']?.split(';')[0]?.trim()
-    if (!type || !['application/x-ndjson', 'application/ndjson', 'text/plain'].includes(type)) {
-      throw new ApiError(415, 'unsupported_media_type', 'send events as NDJSON (Content-Type: application/x-ndjson), one event per line')
-    }
-    const report = await ingestNdjson(request.body as NodeJS.ReadableStream & AsyncIterable<Uint8Array>, deps.pipeline, { source: 'http' })
-    // 200 with the summary even when some lines were rejected: the valid ones are stored, and the summary says which were not.
-    return reply.status(200).send(report)
+  await app.register(async (scope) => {
+    scope.addContentTypeParser(NDJSON_TYPES, (_request, payload, done) => done(null, payload))
+    scope.post('/v1/events', { config: { permission: 'ingest' }, schema: { tags: ['ingest'], summary: 'Ingest contract events (NDJSON, one per line)' } }, async (request, reply) => {
+      const type = request.headers['content-type']?.split(';')[0]?.trim()
+      if (!type || !NDJSON_TYPES.includes(type)) throw new ApiError(415, 'unsupported_media_type', 'send events as NDJSON (Content-Type: application/x-ndjson), one event per line')
+      const report = await ingestNdjson(request.body as NodeJS.ReadableStream & AsyncIterable<Uint8Array>, deps.pipeline, { source: 'http' })
+      // 200 with the summary even when some lines were rejected: the valid ones are stored, and the summary says which were not.
+      return reply.status(200).send(report)
+    })
   })
-
-  if (deps.leaks) {
-    const leaks = deps.leaks
-    // Its own scope: JSON bodies arrive as raw bytes there (signatures are over the exact body).
-    await app.register(async (scope) => leakRoutes(scope, leaks))
-  }
-
-  if (deps.response) {
-    const response = deps.response
-    await app.register(async (scope) => responseRoutes(scope, response))
-  }
-
+  // Its own scope: JSON bodies arrive as raw bytes there (GitHub's signature is over the exact body).
+  await app.register(async (scope) => leakRoutes(scope, { pipeline: deps.pipeline, client: deps.client, githubKeys: deps.githubKeys }))
+  await app.register(async (scope) => keyRoutes(scope, deps))
+  await app.register(async (scope) => findingRoutes(scope, deps))
+  await app.register(async (scope) => detectorRoutes(scope, deps))
+  await app.register(async (scope) => responseRoutes(scope, deps))
+  await app.register(async (scope) => tokenRoutes(scope, deps))
+  for (const plugin of deps.plugins ?? []) await app.register(plugin)
   return app
 }

@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pino from 'pino'
 import { buildApi } from '../api/server.ts'
-import { openRuntime } from '../cli/runtime.ts'
+import { apiDepsOf, openRuntime } from '../cli/runtime.ts'
 import { parseConfig } from '../config/config.ts'
 import { startStandInKeyService } from '../demo/key-service.ts'
 import { leak, lifecycle, sha256 } from '../detectors/fixtures/events.ts'
@@ -30,7 +30,8 @@ writeFileSync(policyFile, JSON.stringify({ guard_rails: { max_per_account_per_ho
 const config = parseConfig({ KEYWATCH_DATA_DIR: join(dir, 'data'), KEY_SERVICE_URL: service.url, KEY_SERVICE_SECRET: SECRET, RESPONSE_POLICY_FILE: policyFile, LOG_LEVEL: 'silent' })
 const rt = await openRuntime(config, pino({ level: 'silent' }))
 await rt.startServices()
-const api = await buildApi({ pipeline: rt.pipeline, log: pino({ level: 'silent' }), storageReady: async () => true, leaks: { pipeline: rt.pipeline, client: rt.storage.client, githubKeys: [] } })
+const api = await buildApi(apiDepsOf(rt, { rateLimitPerMinute: 1_000_000 }))
+const { token } = await rt.tokens.create('ingest', 'bench-scanner', 'bench')
 await api.listen({ host: '127.0.0.1', port: 0 })
 const url = `http://127.0.0.1:${(api.server.address() as AddressInfo).port}`
 
@@ -80,7 +81,7 @@ for (let i = 0; i < REPORTS; i++) {
   const t0 = performance.now()
   sentAt.set(k.key_id, performance.timeOrigin + t0)
   inflight.push(
-    fetch(`${url}/v1/leaks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then(async (res) => {
+    fetch(`${url}/v1/leaks`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` }, body }).then(async (res) => {
       if (res.status !== 202) throw new Error(`report ${i}: ${res.status} ${await res.text()}`)
       ackMs.push(performance.now() - t0)
     }),

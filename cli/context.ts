@@ -50,7 +50,7 @@ export function cliActor(): string {
  */
 export async function throughInstanceOrLocal<T>(cfg: Config, viaApi: (call: ApiCall) => Promise<T>, local: (rt: Runtime) => Promise<T>): Promise<T> {
   const instance = runningInstance(cfg)
-  if (instance) return viaApi(apiCaller(instance.url))
+  if (instance) return viaApi(apiCaller(instance))
   const rt = await openRuntime(cfg, createLogger(cfg))
   try {
     return await local(rt)
@@ -59,13 +59,19 @@ export async function throughInstanceOrLocal<T>(cfg: Config, viaApi: (call: ApiC
   }
 }
 
-export type ApiCall = <R>(method: 'GET' | 'POST', path: string, body?: unknown) => Promise<{ status: number; json: R; text: string }>
+export type ApiCall = <R>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown) => Promise<{ status: number; json: R; text: string }>
 
-function apiCaller(baseUrl: string): ApiCall {
-  return async <R>(method: 'GET' | 'POST', path: string, body?: unknown) => {
+/** How this machine's command line signs in to the running instance (its token, and who is at the keyboard). */
+export function instanceHeaders(instance: RunningInstance): Record<string, string> {
+  return { authorization: `Bearer ${instance.cliToken ?? ''}`, 'x-keywatch-cli-user': userInfo().username }
+}
+
+function apiCaller(instance: RunningInstance): ApiCall {
+  const baseUrl = instance.url
+  return async <R>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown) => {
     const response = await fetch(`${baseUrl}${path}`, {
       method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      headers: { ...instanceHeaders(instance), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
       body: body === undefined ? undefined : JSON.stringify(body),
     })
     const text = await response.text()

@@ -7,13 +7,15 @@ export interface RunningInstance {
   pid: number
   url: string
   startedAt: string
+  /** The instance's token for this machine's command line (api/auth.ts); the file is readable by its owner only. */
+  cliToken?: string
 }
 
 const FILE = 'keywatch.instance.json'
 
 export function announceInstance(dataDir: string, instance: RunningInstance): () => void {
   const path = join(dataDir, FILE)
-  writeFileSync(path, JSON.stringify(instance))
+  writeFileSync(path, JSON.stringify(instance), { mode: 0o600 })
   return () => {
     if (readInstance(dataDir)?.pid === instance.pid) rmSync(path, { force: true })
   }

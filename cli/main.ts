@@ -1,5 +1,7 @@
 // The `keywatch` command line.
 import { createReadStream, fstatSync, statSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { createServer, type Server } from 'node:http'
 import { Socket } from 'node:net'
 import { Readable } from 'node:stream'
 import { Command, CommanderError, Option } from 'commander'
@@ -9,27 +11,27 @@ import { migrate } from '../clickhouse/migrate.ts'
 import { ConfigError } from '../config/config.ts'
 import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
-import { config, dataDirOf, ExitError, openForCommand, runningInstance } from './context.ts'
+import { config, dataDirOf, ExitError, instanceHeaders, openForCommand, runningInstance } from './context.ts'
 import { announceInstance } from './instance.ts'
 import { registerResponseCommands } from './response-commands.ts'
+import { registerTokenCommands } from './token-commands.ts'
 import { progressBar } from './progress.ts'
-import { createLogger, openRuntime } from './runtime.ts'
+import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
+import type { Metrics } from '../api/metrics.ts'
 
 async function start(): Promise<void> {
   const cfg = config()
   const log = createLogger(cfg)
   const rt = await openRuntime(cfg, log)
-  const api = await buildApi({
-    pipeline: rt.pipeline,
-    log,
-    storageReady: async () => (await rt.storage.client.ping()).success,
-    leaks: { pipeline: rt.pipeline, client: rt.storage.client, githubKeys: cfg.githubKeys },
-    response: { response: rt.response, actions: rt.actions, client: rt.storage.client, actorOf: () => 'api:anonymous' },
-  })
+  // The command line on this machine reaches the instance with a token only its data directory holds.
+  const cliToken = cfg.clickhouse.mode === 'embedded' ? randomBytes(32).toString('base64url') : undefined
+  const metricsPort = cfg.http.metricsPort
+  const api = await buildApi(apiDepsOf(rt, { localToken: cliToken, metrics: metricsPort === undefined ? rt.metrics : undefined }))
   await api.listen({ host: cfg.http.host, port: cfg.http.port })
+  const metricsServer = metricsPort === undefined ? undefined : await serveMetrics(rt.metrics, cfg.http.host, metricsPort)
   const address = api.server.address()
   const url = typeof address === 'object' && address ? `http://${cfg.http.host}:${address.port}` : `http://${cfg.http.host}:${cfg.http.port}`
-  const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString() }) : () => {}
+  const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString(), cliToken }) : () => {}
   let kafka: KafkaIngest | undefined
   try {
     kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log) : undefined
@@ -48,6 +50,7 @@ async function start(): Promise<void> {
     try {
       await kafka?.stop()
       await api.close()
+      metricsServer?.close()
       await rt.close()
       release()
       log.info('stopped cleanly')
@@ -61,6 +64,16 @@ async function start(): Promise<void> {
   }
   process.on('SIGTERM', () => void shutdown('SIGTERM'))
   process.on('SIGINT', () => void shutdown('SIGINT'))
+}
+
+/** Prometheus metrics on a port of their own, for a scraper that holds no token (keep that port internal). */
+async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<Server> {
+  const server = createServer((request, response) => {
+    if (request.url !== '/metrics') return void response.writeHead(404).end()
+    void metrics.registry.metrics().then((body) => response.writeHead(200, { 'content-type': metrics.registry.contentType }).end(body))
+  })
+  await new Promise<void>((resolve) => server.listen(port, host, resolve))
+  return server
 }
 
 async function runMigrate(): Promise<void> {
@@ -120,7 +133,7 @@ async function runIngest(file: string, opts: { json?: boolean; inputFd?: string 
     })
     const response = await fetch(`${instance.url}/v1/events`, {
       method: 'POST',
-      headers: { 'content-type': 'application/x-ndjson' },
+      headers: { ...instanceHeaders(instance), 'content-type': 'application/x-ndjson' },
       body: Readable.toWeb(counted) as ReadableStream,
       duplex: 'half',
     } as RequestInit)
@@ -241,6 +254,7 @@ program
   .action(runFindings)
 
 registerResponseCommands(program)
+registerTokenCommands(program)
 
 try {
   await program.parseAsync(process.argv)

@@ -10,6 +10,9 @@ import { DetectionEngine } from '../detectors/engine.ts'
 import { FindingStore, type Recorded } from '../detectors/findings.ts'
 import type { FindingDraft } from '../detectors/detector.ts'
 import { KafkaProducer } from '../ingest/kafka.ts'
+import type { ApiDeps } from '../api/server.ts'
+import { Metrics } from '../api/metrics.ts'
+import { TokenStore } from '../api/tokens.ts'
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
@@ -25,6 +28,8 @@ export interface Runtime {
   detection: DetectionEngine
   actions: ActionStore
   response: ResponseEngine
+  tokens: TokenStore
+  metrics: Metrics
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
   /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
@@ -75,6 +80,12 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     return recorded
   }
   const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise })
+  const tokens = new TokenStore(storage.client)
+  const metrics = new Metrics()
+  pipeline.onIngested((summary, rejections) => metrics.ingested(summary, rejections))
+  detection.onRun((run) => metrics.detectorRun(run))
+  findingsListeners.push((recorded) => metrics.findingsRecorded(recorded))
+  response.onAction((action) => metrics.action(action))
   detection.onRun((run) => {
     for (const f of run.findings) if (f.change !== 'updated') log.warn({ finding: f.finding.finding_id, detector: run.detector, severity: f.finding.severity, title: f.finding.title }, 'finding raised')
     if (run.findings.length) announce(run.findings)
@@ -102,6 +113,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     detection,
     actions,
     response,
+    tokens,
+    metrics,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
@@ -132,4 +145,23 @@ function commandSender(config: Config, log: Logger): CommandSender {
     return new KafkaCommandSender(() => KafkaProducer.connect({ brokers: kafka.brokers, clientId: `${kafka.clientId}-commands` }, log), config.topics.commands)
   }
   return new NoCommandSender()
+}
+
+/** What the API needs of a runtime; `extra` adds the instance's own pieces (its CLI token, plugins). */
+export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
+  return {
+    log: rt.log,
+    storageReady: async () => (await rt.storage.client.ping()).success,
+    client: rt.storage.client,
+    pipeline: rt.pipeline,
+    findings: rt.findings,
+    detection: rt.detection,
+    actions: rt.actions,
+    response: rt.response,
+    tokens: rt.tokens,
+    githubKeys: rt.config.githubKeys,
+    metrics: rt.metrics,
+    rateLimitPerMinute: rt.config.http.rateLimitPerMinute,
+    ...extra,
+  }
 }

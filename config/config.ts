@@ -54,6 +54,8 @@ const envSchema = z.object({
   RESPONSE_TRANSPORT: z.enum(['http', 'kafka']).optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),
+  API_RATE_LIMIT_PER_MINUTE: positiveInt.default(600),
+  METRICS_PORT: port.optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 })
 
@@ -71,7 +73,8 @@ export interface Config {
   }
   topics: Topics
   ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
-  http: { host: string; port: number }
+  /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
+  http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number }
   /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
   githubKeys: { key_identifier: string; key: string; is_current: boolean }[]
   response: {
@@ -143,7 +146,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
     },
-    http: { host: e.HOST, port: e.PORT },
+    http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
     response: responseConfig(e),
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
     githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],

@@ -145,12 +145,21 @@ export class FindingStore {
     })
   }
 
-  async list(filter: { status?: FindingStatus; detector?: string; account_id?: string; limit?: number } = {}): Promise<Finding[]> {
+  async list(filter: { status?: FindingStatus; detector?: string; account_id?: string; key_id?: string; severity?: string; finding_id?: string; limit?: number } = {}): Promise<Finding[]> {
     return this.select(
       `WHERE ({status:String} = '' OR status = {status:String}) AND ({detector:String} = '' OR detector = {detector:String})
-         AND ({account:String} = '' OR account_id = {account:String})
+         AND ({account:String} = '' OR account_id = {account:String}) AND ({key:String} = '' OR key_id = {key:String})
+         AND ({severity:String} = '' OR severity = {severity:String}) AND ({id:String} = '' OR finding_id = {id:String})
        ORDER BY last_seen_at DESC LIMIT {limit:UInt32}`,
-      { status: filter.status ?? '', detector: filter.detector ?? '', account: filter.account_id ?? '', limit: filter.limit ?? 1000 },
+      {
+        status: filter.status ?? '',
+        detector: filter.detector ?? '',
+        account: filter.account_id ?? '',
+        key: filter.key_id ?? '',
+        severity: filter.severity ?? '',
+        id: filter.finding_id ?? '',
+        limit: filter.limit ?? 1000,
+      },
     )
   }
 

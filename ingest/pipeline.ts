@@ -56,8 +56,12 @@ export function addSummary(into: IngestSummary, s: IngestSummary): IngestSummary
 /** Told after events of a type are newly stored (e.g. to run the leak detector as a report arrives). */
 export type StoredListener = (type: InboundType, stored: number) => void
 
+/** Told after every batch, with what became of it (metrics count here). */
+export type IngestedListener = (summary: IngestSummary, rejections: Rejection[]) => void
+
 export class IngestPipeline {
   private readonly listeners: StoredListener[] = []
+  private readonly ingestedListeners: IngestedListener[] = []
 
   constructor(
     private readonly client: ClickHouseClient,
@@ -67,6 +71,10 @@ export class IngestPipeline {
 
   onStored(listener: StoredListener): void {
     this.listeners.push(listener)
+  }
+
+  onIngested(listener: IngestedListener): void {
+    this.ingestedListeners.push(listener)
   }
 
   /**
@@ -104,6 +112,7 @@ export class IngestPipeline {
     }
     summary.rejected = rejections.length
     for (const r of rejections) summary.rejectedByReason[r.reason] = (summary.rejectedByReason[r.reason] ?? 0) + 1
+    for (const listener of this.ingestedListeners) listener(summary, rejections)
     return { summary, rejections }
   }
 

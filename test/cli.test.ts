@@ -131,8 +131,26 @@ describe('keywatch CLI', () => {
     writeFileSync(bigFile, bigLines.join('\n') + '\n')
     const posted = [{ ...usageEvent(9), request_id: `req_posted_${randomUUID()}` }, { ...usageEvent(10), request_id: `req_posted_${randomUUID()}` }]
 
+    let auth: { authorization: string }
+
     beforeAll(async () => {
       keywatch = await startKeywatch({ KEYWATCH_DATA_DIR: dataDir, PORT: '0' })
+      // Created through the running instance (the CLI signs in with the token only the data directory holds).
+      const created = await runCli(['token', 'create', '--role', 'ingest', '--name', 'platform', '--json'], { KEYWATCH_DATA_DIR: dataDir })
+      expect(created.code, created.stderr).toBe(0)
+      auth = { authorization: `Bearer ${(JSON.parse(created.stdout) as { token: string }).token}` }
+    })
+
+    it('refuses the API without a valid token, and the CLI lists tokens without their secrets', async () => {
+      const none = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/x-ndjson' }, body: '{}\n' })
+      expect(none.status).toBe(401)
+      const wrong = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/x-ndjson', authorization: 'Bearer kw_' + 'x'.repeat(32) }, body: '{}\n' })
+      expect(wrong.status).toBe(401)
+      const listed = await runCli(['token', 'list', '--json'], { KEYWATCH_DATA_DIR: dataDir })
+      const tokens = JSON.parse(listed.stdout) as Record<string, unknown>[]
+      expect(tokens).toEqual([expect.objectContaining({ name: 'platform', role: 'ingest', created_by: expect.stringMatching(/^cli:/) })])
+      expect(listed.stdout).not.toContain(auth.authorization.slice(7))
+      expect(Object.keys(tokens[0]!)).not.toContain('token_hash')
     })
     afterAll(async () => {
       if (keywatch && keywatch.child.exitCode === null && keywatch.child.signalCode === null) {
@@ -184,7 +202,7 @@ describe('keywatch CLI', () => {
     it('answers POST /v1/events with the summary', async () => {
       const res = await fetch(`${keywatch.url}/v1/events`, {
         method: 'POST',
-        headers: { 'content-type': 'application/x-ndjson' },
+        headers: { 'content-type': 'application/x-ndjson', ...auth },
         body: [JSON.stringify(posted[0]), '{"broken"', JSON.stringify(posted[1])].join('\n') + '\n',
       })
       expect(res.status).toBe(200)
@@ -201,20 +219,20 @@ describe('keywatch CLI', () => {
 
     it('takes the NDJSON content types with a charset parameter', async () => {
       for (const type of ['application/x-ndjson; charset=utf-8', 'application/ndjson']) {
-        const res = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': type }, body: JSON.stringify(posted[0]) + '\n' })
+        const res = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': type, ...auth }, body: JSON.stringify(posted[0]) + '\n' })
         expect(res.status, type).toBe(200)
         expect(await res.json()).toMatchObject({ accepted: 0, duplicates: 1, rejected: 0 }) // stored by the POST above
       }
     })
 
     it('refuses a body that is not NDJSON with 415 and the JSON error shape', async () => {
-      const res = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/xml' }, body: '<event/>' })
+      const res = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/xml', ...auth }, body: '<event/>' })
       expect(res.status).toBe(415)
       const body = (await res.json()) as { error: { code: string; message: string } }
       expect(body).toEqual({ error: { code: 'unsupported_media_type', message: expect.any(String) } })
       expect(body.error.message).not.toBe('')
       // A JSON body (one event, not NDJSON) is refused too, and told what to send.
-      const json = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(posted[0]) })
+      const json = await fetch(`${keywatch.url}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', ...auth }, body: JSON.stringify(posted[0]) })
       expect(json.status).toBe(415)
       expect(await json.json()).toEqual({ error: { code: 'unsupported_media_type', message: expect.stringContaining('NDJSON') } })
     })

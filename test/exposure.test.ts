@@ -6,12 +6,12 @@ import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { openRuntime, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, openRuntime, type Runtime } from '../cli/runtime.ts'
 import { parseConfig } from '../config/config.ts'
 import { ago, leak, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import { ingestNdjson } from '../ingest/ndjson.ts'
 import type { ExposureReport } from '../response/exposure.ts'
-import { tempDir } from './helpers.ts'
+import { bearer, tempDir } from './helpers.ts'
 
 const log = pino({ level: 'silent' })
 const now = new Date().toISOString()
@@ -23,6 +23,7 @@ const at = (hoursAfterLeak: number) => new Date(Date.parse(leakedAt) + hoursAfte
 
 let rt: Runtime
 let api: FastifyInstance
+let viewer: { authorization: string }
 
 beforeAll(async () => {
   rt = await openRuntime(parseConfig({ KEYWATCH_DATA_DIR: tempDir(), LOG_LEVEL: 'silent' }), log)
@@ -44,7 +45,8 @@ beforeAll(async () => {
   ]
   const report = await ingestNdjson(Readable.from([Buffer.from(events.map((e) => JSON.stringify(e)).join('\n'))]), rt.pipeline, { source: 'file' })
   expect(report.errors).toEqual([])
-  api = await buildApi({ pipeline: rt.pipeline, log, storageReady: async () => true, response: { response: rt.response, actions: rt.actions, client: rt.storage.client, actorOf: () => 'user:test' } })
+  api = await buildApi(apiDepsOf(rt))
+  viewer = await bearer(rt, 'viewer')
 })
 
 afterAll(async () => {
@@ -54,7 +56,7 @@ afterAll(async () => {
 
 describe('GET /v1/keys/:id/exposure', () => {
   it('reports what the key did from the first leak report until its revocation', async () => {
-    const res = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure` })
+    const res = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure`, headers: viewer })
     expect(res.statusCode).toBe(200)
     const r = res.json<ExposureReport>()
     expect(r.key).toMatchObject({ key_prefix: 'sk_live_Ex01', status: 'revoked' })
@@ -77,7 +79,7 @@ describe('GET /v1/keys/:id/exposure', () => {
   })
 
   it('takes an explicit window, and CSV', async () => {
-    const res = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=${encodeURIComponent(at(1.5))}&to=${encodeURIComponent(at(3.5))}&format=csv` })
+    const res = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=${encodeURIComponent(at(1.5))}&to=${encodeURIComponent(at(3.5))}&format=csv`, headers: viewer })
     expect(res.statusCode).toBe(200)
     expect(res.headers['content-type']).toContain('text/csv')
     const lines = res.body.trim().split('\r\n')
@@ -89,15 +91,15 @@ describe('GET /v1/keys/:id/exposure', () => {
   })
 
   it('says what is wrong with a bad request', async () => {
-    const unknown = await api.inject({ method: 'GET', url: '/v1/keys/key_NoSuchKey9/exposure' })
+    const unknown = await api.inject({ method: 'GET', url: '/v1/keys/key_NoSuchKey9/exposure', headers: viewer })
     expect(unknown.statusCode).toBe(404)
-    const badKey = await api.inject({ method: 'GET', url: "/v1/keys/key_x'%20OR%201=1/exposure" })
+    const badKey = await api.inject({ method: 'GET', url: "/v1/keys/key_x'%20OR%201=1/exposure", headers: viewer })
     expect(badKey.statusCode).toBe(400)
     expect(badKey.json().error.message).toMatch(/^path\.id: /)
-    const badFrom = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=yesterday` })
+    const badFrom = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=yesterday`, headers: viewer })
     expect(badFrom.statusCode).toBe(400)
     expect(badFrom.json().error.message).toMatch(/^query\.from: /)
-    const empty = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=${encodeURIComponent(at(3))}&to=${encodeURIComponent(at(2))}` })
+    const empty = await api.inject({ method: 'GET', url: `/v1/keys/${key.key_id}/exposure?from=${encodeURIComponent(at(3))}&to=${encodeURIComponent(at(2))}`, headers: viewer })
     expect(empty.statusCode).toBe(400)
   })
 })

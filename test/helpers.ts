@@ -4,8 +4,12 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import pino from 'pino'
+import type { Role } from '../api/tokens.ts'
+import { openRuntime, type Runtime } from '../cli/runtime.ts'
 import { openStorage, queryRows, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
+import { parseConfig } from '../config/config.ts'
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
 export const contractDir = resolve(repoRoot, '..', 'shared', 'contract')
@@ -101,4 +105,15 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {}
   for (const k of keep) if (process.env[k] !== undefined) env[k] = process.env[k]
   return { ...env, LOG_LEVEL: 'info', ...extra }
+}
+
+/** A whole keywatch runtime in this process on a fresh data directory (services not started). */
+export function openTestRuntime(env: Record<string, string> = {}): Promise<Runtime> {
+  return openRuntime(parseConfig({ KEYWATCH_DATA_DIR: tempDir(), LOG_LEVEL: 'silent', ...env }), pino({ level: 'silent' }))
+}
+
+/** Authorization headers of a new API token with this role (named `name`: its actor is `token:<name>`). */
+export async function bearer(rt: Runtime, role: Role, name = `${role}-${Math.random().toString(36).slice(2, 8)}`): Promise<{ authorization: string }> {
+  const { token } = await rt.tokens.create(role, name, 'test')
+  return { authorization: `Bearer ${token}` }
 }

@@ -7,13 +7,12 @@ import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
 import type { Storage } from '../clickhouse/client.ts'
-import { DetectionEngine } from '../detectors/engine.ts'
-import { FindingStore } from '../detectors/findings.ts'
+import type { DetectionEngine } from '../detectors/engine.ts'
+import type { FindingStore } from '../detectors/findings.ts'
 import { ago, lifecycle, sha256 } from '../detectors/fixtures/events.ts'
 import { ingestNdjson } from '../ingest/ndjson.ts'
-import { IngestPipeline } from '../ingest/pipeline.ts'
-import { EventWriter } from '../ingest/writer.ts'
-import { count, openTestStorage, tempDir } from './helpers.ts'
+import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { bearer, count, openTestRuntime } from './helpers.ts'
 
 const github = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
 const stranger = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
@@ -21,32 +20,24 @@ const KEY_ID = 'bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c
 const SECRET = `sk_live_${randomUUID().replaceAll('-', '')}`
 const key = { account_id: 'acct_GhLeak0001', key_id: 'key_GhLeak0001' }
 
+let rt: Runtime
 let storage: Storage
 let app: FastifyInstance
 let findings: FindingStore
 let detection: DetectionEngine
+let ingestToken: { authorization: string }
 
 beforeAll(async () => {
-  storage = await openTestStorage(tempDir())
-  const writer = new EventWriter(storage, { maxRows: 1_000, maxWaitMs: 5, maxInflight: 2 })
-  const pipeline = new IngestPipeline(storage.client, writer)
-  findings = new FindingStore(storage.client)
-  detection = new DetectionEngine(storage.client, findings, { info: () => {}, error: () => {} })
-  pipeline.onStored((type) => {
-    if (type === 'leak.reported') void detection.runFresh('leak.public_report')
-  })
+  rt = await openTestRuntime()
+  ;({ storage, findings, detection } = rt)
   const now = new Date().toISOString()
-  await ingestNdjson(Readable.from([Buffer.from(JSON.stringify(lifecycle(key, 'created', ago(now, { days: 3 }), { secret_sha256: sha256(SECRET) })))]), pipeline, { source: 'file' })
-  app = await buildApi({
-    pipeline,
-    log: (await import('pino')).default({ level: 'silent' }),
-    storageReady: async () => true,
-    leaks: { pipeline, client: storage.client, githubKeys: [{ key_identifier: KEY_ID, key: github.publicKey.export({ type: 'spki', format: 'pem' }).toString(), is_current: true }] },
-  })
+  await ingestNdjson(Readable.from([Buffer.from(JSON.stringify(lifecycle(key, 'created', ago(now, { days: 3 }), { secret_sha256: sha256(SECRET) })))]), rt.pipeline, { source: 'file' })
+  app = await buildApi(apiDepsOf(rt, { githubKeys: [{ key_identifier: KEY_ID, key: github.publicKey.export({ type: 'spki', format: 'pem' }).toString(), is_current: true }] }))
+  ingestToken = await bearer(rt, 'ingest')
 })
 afterAll(async () => {
   await app.close()
-  await storage.close()
+  await rt.close()
 })
 
 const signed = (body: string, privateKey = github.privateKey) => sign('sha256', Buffer.from(body), privateKey).toString('base64')
@@ -109,12 +100,12 @@ describe('GitHub secret scanning intake', () => {
 describe('POST /v1/leaks', () => {
   it('accepts a contract leak.reported and rejects an invalid one with the reason', async () => {
     const event = { event_id: randomUUID(), type: 'leak.reported', schema_version: 1, occurred_at: new Date().toISOString(), account_id: 'acct_Internal01', token_sha256: sha256('whatever'), source: 'internal', url: null }
-    const ok = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify(event), headers: { 'content-type': 'application/json' } })
+    const ok = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify(event), headers: { 'content-type': 'application/json', ...ingestToken } })
     expect(ok.statusCode).toBe(202)
     expect(ok.json()).toEqual({ accepted: 1, duplicate: false })
-    const again = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify(event), headers: { 'content-type': 'application/json' } })
+    const again = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify(event), headers: { 'content-type': 'application/json', ...ingestToken } })
     expect(again.json()).toEqual({ accepted: 0, duplicate: true })
-    const bad = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify({ ...event, event_id: randomUUID(), source: undefined }), headers: { 'content-type': 'application/json' } })
+    const bad = await app.inject({ method: 'POST', url: '/v1/leaks', payload: JSON.stringify({ ...event, event_id: randomUUID(), source: undefined }), headers: { 'content-type': 'application/json', ...ingestToken } })
     expect(bad.statusCode).toBe(400)
     expect(bad.json()).toMatchObject({ error: { code: 'schema_violation' } })
     expect(bad.json().error.message).toContain('source')

@@ -10,7 +10,7 @@ import { keyCommandSchema } from '../contract/events.ts'
 import { lifecycleEventFor, startStandInKeyService, type StandInKeyService } from '../demo/key-service.ts'
 import { ago, leak, lifecycle, sha256 } from '../detectors/fixtures/events.ts'
 import type { Action } from '../response/actions.ts'
-import { startKeywatch, tempDir } from './helpers.ts'
+import { runCli, startKeywatch, tempDir } from './helpers.ts'
 import { createTopics } from './kafka/broker.ts'
 import { groupProgress, publish, readTopic, waitFor } from './kafka/admin.ts'
 
@@ -21,6 +21,9 @@ const GITHUB_KEY_ID = sha256('github-e2e-key')
 
 interface Instance {
   url: string
+  /** Authorization header values. */
+  ingest: string
+  viewer: string
   topics: Record<'usage' | 'ratelimits' | 'auth' | 'lifecycle' | 'leaks' | 'commands' | 'deadLetter', string>
   groupId: string
   stop: () => Promise<void>
@@ -47,7 +50,7 @@ async function startInstance(extraEnv: Record<string, string>): Promise<Instance
   const groupId = `keywatch-${run}`
   const keysFile = join(tempDir(), 'github-keys.json')
   writeFileSync(keysFile, JSON.stringify({ public_keys: [{ key_identifier: GITHUB_KEY_ID, key: github.publicKey.export({ type: 'spki', format: 'pem' }), is_current: true }] }))
-  const kw = await startKeywatch({
+  const env = {
     KEYWATCH_DATA_DIR: tempDir(),
     KAFKA_BROKERS: brokers,
     KAFKA_GROUP_ID: groupId,
@@ -60,9 +63,15 @@ async function startInstance(extraEnv: Record<string, string>): Promise<Instance
     KAFKA_TOPIC_DEAD_LETTER: topics.deadLetter,
     GITHUB_SECRET_SCANNING_KEYS_FILE: keysFile,
     ...extraEnv,
-  })
+  }
+  // The platform's scanner and an on-call viewer hold tokens, made before the instance starts.
+  const token = async (role: string) => `Bearer ${(JSON.parse((await runCli(['token', 'create', '--role', role, '--json'], env)).stdout) as { token: string }).token}`
+  const [ingest, viewer] = [await token('ingest'), await token('viewer')]
+  const kw = await startKeywatch(env)
   return {
     url: kw.url,
+    ingest,
+    viewer,
     topics,
     groupId,
     stop: async () => {
@@ -83,11 +92,11 @@ async function createKeys(instance: Instance, keys: Key[]): Promise<void> {
 }
 
 async function actionsOf(instance: Instance, key: Key): Promise<Action[]> {
-  return ((await (await fetch(`${instance.url}/v1/actions?key=${key.key_id}`)).json()) as { actions: Action[] }).actions
+  return ((await (await fetch(`${instance.url}/v1/actions?key=${key.key_id}`, { headers: { authorization: instance.viewer } })).json()) as { actions: Action[] }).actions
 }
 
 async function keyStatus(instance: Instance, key: Key): Promise<string> {
-  return ((await (await fetch(`${instance.url}/v1/keys/${key.key_id}/exposure`)).json()) as { key: { status: string } }).key.status
+  return ((await (await fetch(`${instance.url}/v1/keys/${key.key_id}/exposure`, { headers: { authorization: instance.viewer } })).json()) as { key: { status: string } }).key.status
 }
 
 function signedGithubPost(instance: Instance, body: string, signature = sign('sha256', Buffer.from(body), github.privateKey).toString('base64')) {
@@ -124,7 +133,7 @@ describe('a leak report through each intake ends in a confirmed revocation', () 
     const key = newKey('E2eHttp01')
     service.keys.set(key.key_id, { account_id: key.account_id, key_prefix: key.key_prefix, key_kind: 'secret', mode: 'live', state: 'active' })
     await createKeys(viaHttp, [key])
-    const res = await fetch(`${viaHttp.url}/v1/leaks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(leak(key.account_id, new Date().toISOString(), key.secret)) })
+    const res = await fetch(`${viaHttp.url}/v1/leaks`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: viaHttp.ingest }, body: JSON.stringify(leak(key.account_id, new Date().toISOString(), key.secret)) })
     expect(res.status).toBe(202)
     const action = await waitFor('a confirmed revoke', async () => (await actionsOf(viaHttp, key)).find((a) => a.status === 'confirmed'), 30_000)
     expect(action).toMatchObject({ command: 'revoke', transport: 'http', requested_by: 'auto:leak.public_report' })

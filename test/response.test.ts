@@ -7,7 +7,7 @@ import type { FastifyInstance } from 'fastify'
 import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { openRuntime, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, openRuntime, type Runtime } from '../cli/runtime.ts'
 import { parseConfig } from '../config/config.ts'
 import { lifecycleEventFor, startStandInKeyService, type StandInKeyService } from '../demo/key-service.ts'
 import { ago, leak, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
@@ -17,13 +17,16 @@ import { parsePolicy, type Policy } from '../response/policy.ts'
 import { HttpCommandSender } from '../response/senders.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
 import { waitFor } from './kafka/admin.ts'
-import { tempDir } from './helpers.ts'
+import { bearer, tempDir } from './helpers.ts'
 
 const SERVICE_SECRET = 'monitor_shared_secret_for_tests'
 const log = pino({ level: 'silent' })
 let rt: Runtime
 let api: FastifyInstance
 let service: StandInKeyService
+let responder: { authorization: string }
+let admin: { authorization: string }
+let ingester: { authorization: string }
 
 interface TestKey {
   account_id: string
@@ -70,13 +73,10 @@ beforeAll(async () => {
   const config = parseConfig({ KEYWATCH_DATA_DIR: tempDir(), KEY_SERVICE_URL: service.url, KEY_SERVICE_SECRET: SERVICE_SECRET, LOG_LEVEL: 'silent' })
   rt = await openRuntime(config, log)
   await rt.startServices()
-  api = await buildApi({
-    pipeline: rt.pipeline,
-    log,
-    storageReady: async () => true,
-    leaks: { pipeline: rt.pipeline, client: rt.storage.client, githubKeys: [] },
-    response: { response: rt.response, actions: rt.actions, client: rt.storage.client, actorOf: () => 'user:usr_Test01' },
-  })
+  api = await buildApi(apiDepsOf(rt))
+  responder = await bearer(rt, 'responder', 'usr_Test01')
+  admin = await bearer(rt, 'admin')
+  ingester = await bearer(rt, 'ingest')
 })
 
 afterAll(async () => {
@@ -89,7 +89,7 @@ describe('automatic response to a leaked key', () => {
   it('revokes a leaked live secret key through the signed key service and confirms it', async () => {
     const key = newKey('Leak0001')
     await createKeys([key])
-    const reported = await api.inject({ method: 'POST', url: '/v1/leaks', headers: { 'content-type': 'application/json' }, payload: leak(key.account_id, new Date().toISOString(), key.secret) })
+    const reported = await api.inject({ method: 'POST', url: '/v1/leaks', headers: { 'content-type': 'application/json', ...ingester }, payload: leak(key.account_id, new Date().toISOString(), key.secret) })
     expect(reported.statusCode).toBe(202)
 
     const action = await settledAction(key)
@@ -103,7 +103,7 @@ describe('automatic response to a leaked key', () => {
     // The leaked secret travels nowhere: not to the key service, not into the action.
     expect(JSON.stringify([calls, action])).not.toContain(key.secret)
 
-    const listed = await api.inject({ method: 'GET', url: `/v1/actions?key=${key.key_id}` })
+    const listed = await api.inject({ method: 'GET', url: `/v1/actions?key=${key.key_id}`, headers: responder })
     expect(listed.json().actions).toEqual([expect.objectContaining({ action_id: action.action_id, status: 'confirmed' })])
     // The lifecycle event the key service published lands too: the inventory shows the key revoked.
     await waitFor('the revoked lifecycle event', async () => (await rt.storage.client.query({ query: `SELECT status FROM key_inventory WHERE key_id = {k:String}`, query_params: { k: key.key_id }, format: 'JSONEachRow' }).then((r) => r.json<{ status: string }>()))[0]?.status === 'revoked')
@@ -148,11 +148,11 @@ describe('automatic response to a leaked key', () => {
   })
 
   it('sends nothing while the kill switch is on, and says why', async () => {
-    const refused = await api.inject({ method: 'POST', url: '/v1/response/pause', payload: {} })
+    const refused = await api.inject({ method: 'POST', url: '/v1/response/pause', headers: responder, payload: {} })
     expect(refused.statusCode).toBe(400)
     expect(refused.json().error.message).toContain('body.reason')
-    const paused = await api.inject({ method: 'POST', url: '/v1/response/pause', payload: { reason: 'detector misfiring, investigating' } })
-    expect(paused.json()).toMatchObject({ paused: true, changed_by: 'user:usr_Test01' })
+    const paused = await api.inject({ method: 'POST', url: '/v1/response/pause', headers: responder, payload: { reason: 'detector misfiring, investigating' } })
+    expect(paused.json()).toMatchObject({ paused: true, changed_by: 'token:usr_Test01' })
 
     const key = newKey('Paused001')
     await createKeys([key])
@@ -161,7 +161,7 @@ describe('automatic response to a leaked key', () => {
     expect(action.status_detail).toContain('kill switch')
     expect(callsFor(key)).toEqual([])
 
-    const resumed = await api.inject({ method: 'POST', url: '/v1/response/resume', payload: { reason: 'fixed' } })
+    const resumed = await api.inject({ method: 'POST', url: '/v1/response/resume', headers: admin, payload: { reason: 'fixed' } })
     expect(resumed.json().paused).toBe(false)
   })
 })
@@ -236,7 +236,7 @@ describe('a manual revoke', () => {
   it('needs a reason', async () => {
     const key = newKey('Manual001')
     await createKeys([key])
-    const res = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, payload: { reason: '  ' } })
+    const res = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, headers: responder, payload: { reason: '  ' } })
     expect(res.statusCode).toBe(400)
     expect(res.json().error.message).toMatch(/^body\.reason: /)
   })
@@ -246,16 +246,16 @@ describe('a manual revoke', () => {
     await createKeys([key])
     await ingest([usage(key, ago(new Date().toISOString(), { minutes: 3 }))])
 
-    const refused = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, payload: { reason: 'offboarding the contractor' } })
+    const refused = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, headers: responder, payload: { reason: 'offboarding the contractor' } })
     expect(refused.statusCode).toBe(409)
     expect(refused.json().error).toMatchObject({ code: 'key_in_use' })
     expect(refused.json().error.message).toContain('used 1 times in the last 15 minutes')
     expect(callsFor(key)).toEqual([])
-    expect((await actionsFor(key)).map((a) => [a.status, a.requested_by])).toEqual([['refused', 'user:usr_Test01']])
+    expect((await actionsFor(key)).map((a) => [a.status, a.requested_by])).toEqual([['refused', 'token:usr_Test01']])
 
-    const incident = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, payload: { reason: 'card testing from this key', incident: true } })
+    const incident = await api.inject({ method: 'POST', url: `/v1/keys/${key.key_id}/revoke`, headers: responder, payload: { reason: 'card testing from this key', incident: true } })
     expect(incident.statusCode).toBe(200)
-    expect(incident.json().action).toMatchObject({ status: 'confirmed', incident: true, requested_by: 'user:usr_Test01', reason: 'card testing from this key' })
+    expect(incident.json().action).toMatchObject({ status: 'confirmed', incident: true, requested_by: 'token:usr_Test01', reason: 'card testing from this key' })
     expect(callsFor(key).map((c) => c.command)).toEqual(['revoke'])
   })
 
@@ -265,15 +265,15 @@ describe('a manual revoke', () => {
     await createKeys([quiet])
     await createKeys([auto], true)
     await ingest([usage(quiet, ago(new Date().toISOString(), { minutes: 20 }))])
-    const ok = await api.inject({ method: 'POST', url: `/v1/keys/${quiet.key_id}/revoke`, payload: { reason: 'key no longer needed' } })
+    const ok = await api.inject({ method: 'POST', url: `/v1/keys/${quiet.key_id}/revoke`, headers: responder, payload: { reason: 'key no longer needed' } })
     expect(ok.statusCode).toBe(200)
-    const no = await api.inject({ method: 'POST', url: `/v1/keys/${auto.key_id}/revoke`, payload: { reason: 'rotate', force: true } })
+    const no = await api.inject({ method: 'POST', url: `/v1/keys/${auto.key_id}/revoke`, headers: responder, payload: { reason: 'rotate', force: true } })
     expect(no.statusCode).toBe(422)
     expect(no.json().error.message).toContain('reset')
-    const reset = await api.inject({ method: 'POST', url: `/v1/keys/${auto.key_id}/reset`, payload: { reason: 'suspected exposure' } })
+    const reset = await api.inject({ method: 'POST', url: `/v1/keys/${auto.key_id}/reset`, headers: responder, payload: { reason: 'suspected exposure' } })
     expect(reset.json().action).toMatchObject({ command: 'reset', status: 'confirmed' })
     expect(callsFor(auto).map((c) => c.command)).toEqual(['reset'])
-    const unknown = await api.inject({ method: 'POST', url: '/v1/keys/key_NoSuchKey1/revoke', payload: { reason: 'x' } })
+    const unknown = await api.inject({ method: 'POST', url: '/v1/keys/key_NoSuchKey1/revoke', headers: responder, payload: { reason: 'x' } })
     expect(unknown.statusCode).toBe(404)
   })
 })

@@ -1,0 +1,56 @@
+// `keywatch token create|list|revoke`: API tokens, through the running instance or on the data directly.
+import type { Command } from 'commander'
+import { ROLES, TokenError, type Role, type TokenInfo } from '../api/tokens.ts'
+import { cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
+
+function refusal(err: unknown): never {
+  if (err instanceof TokenError) throw new ExitError(err.message, err.status === 400 ? 2 : 1)
+  throw err
+}
+
+async function create(opts: { role: string; name?: string; json?: boolean }): Promise<void> {
+  if (!ROLES.includes(opts.role as Role)) throw new ExitError(`--role must be one of ${ROLES.join(', ')}`, 2)
+  const name = opts.name ?? `${opts.role}-${new Date().toISOString().slice(0, 10)}-${Math.random().toString(36).slice(2, 6)}`
+  const created = await throughInstanceOrLocal(
+    config(),
+    async (call) => (await call<{ token: string; info: TokenInfo }>('POST', '/v1/tokens', { role: opts.role, name })).json,
+    (rt) => rt.tokens.create(opts.role as Role, name, cliActor()).catch(refusal),
+  )
+  if (opts.json) return void process.stdout.write(JSON.stringify(created) + '\n')
+  process.stdout.write(`${created.token}\n`)
+  process.stderr.write(`token ${created.info.token_id} "${created.info.name}" (${created.info.role}): shown once, keep it now\n`)
+}
+
+async function list(opts: { json?: boolean }): Promise<void> {
+  const tokens = await throughInstanceOrLocal(
+    config(),
+    async (call) => (await call<{ tokens: TokenInfo[] }>('GET', '/v1/tokens')).json.tokens,
+    (rt) => rt.tokens.list(),
+  )
+  if (opts.json) return void process.stdout.write(JSON.stringify(tokens) + '\n')
+  for (const t of tokens) {
+    process.stdout.write(`${t.token_id}  ${t.role.padEnd(9)} ${t.prefix}…  ${t.name.padEnd(24)} created ${t.created_at} by ${t.created_by}${t.revoked_at ? `  REVOKED ${t.revoked_at} by ${t.revoked_by}` : ''}\n`)
+  }
+}
+
+async function revoke(idOrName: string): Promise<void> {
+  const token = await throughInstanceOrLocal(
+    config(),
+    async (call) => (await call<{ token: TokenInfo }>('DELETE', `/v1/tokens/${encodeURIComponent(idOrName)}`)).json.token,
+    (rt) => rt.tokens.revoke(idOrName, cliActor()).catch(refusal),
+  )
+  process.stdout.write(`revoked ${token.token_id} "${token.name}" (${token.role})\n`)
+}
+
+export function registerTokenCommands(program: Command): void {
+  const token = program.command('token').description('API tokens: create (shown once), list, revoke')
+  token
+    .command('create')
+    .description('create a token and print it once')
+    .requiredOption('--role <role>', ROLES.join(' | '))
+    .option('--name <name>', 'a name to recognise it by (default: role and date)')
+    .option('--json', 'print the token and its record as JSON')
+    .action(create)
+  token.command('list').description('list tokens (never their secrets)').option('--json', 'print JSON').action(list)
+  token.command('revoke').description('revoke a token by id or name').argument('<id|name>').action(revoke)
+}
