@@ -11,13 +11,14 @@ export async function detectorRoutes(app: FastifyInstance, deps: { client: Click
   const detectorParams = z.strictObject({ id: z.string().regex(/^[a-z_.]{1,64}$/, 'must be a detector id') })
 
   r.get('/v1/detectors', { config: { permission: 'read' }, schema: { tags: ['detectors'], summary: 'The detectors and their latest runs' } }, async () => {
-    const runs = await queryRows<{ detector: string; started_at: string; duration_ms: number; rows_read: number; findings: number; error: string }>(
+    const runs = await queryRows<{ detector: string; last_started_at: string; last_duration_ms: number; last_rows_read: number; last_findings: number; last_error: string }>(
       deps.client,
-      `SELECT detector, toString(max(started_at)) AS started_at, argMax(duration_ms, started_at) AS duration_ms, argMax(rows_read, started_at) AS rows_read,
-              argMax(findings, started_at) AS findings, argMax(error, started_at) AS error
+      // Aliases differ from the columns they are computed from: an alias would shadow its column in the aggregates.
+      `SELECT detector, toString(max(started_at)) AS last_started_at, argMax(duration_ms, started_at) AS last_duration_ms,
+              argMax(rows_read, started_at) AS last_rows_read, argMax(findings, started_at) AS last_findings, argMax(error, started_at) AS last_error
        FROM detector_runs WHERE started_at > now64(3) - INTERVAL 7 DAY GROUP BY detector`,
     )
-    const last = new Map(runs.map((run) => [run.detector, run]))
+    const last = new Map(runs.map((run) => [run.detector, { started_at: run.last_started_at, duration_ms: run.last_duration_ms, rows_read: run.last_rows_read, findings: run.last_findings, error: run.last_error }]))
     return {
       detectors: deps.detection.list().map((d) => ({
         id: d.id,
