@@ -16,7 +16,7 @@ export function registerAudit(app: FastifyInstance, audit: AuditLog): void {
     if (!action) return
     const status = reply.statusCode
     const params = (request.params ?? {}) as Record<string, string>
-    const outcome: AuditEntry['outcome'] = status < 400 ? 'ok' : status === 401 || status === 403 ? 'denied' : status === 409 || status === 422 ? 'refused' : 'failed'
+    const outcome: AuditEntry['outcome'] = status < 400 ? 'ok' : status === 401 || status === 403 ? 'denied' : status < 500 ? 'refused' : 'failed'
     const query = request.url.includes('?') ? request.url.slice(request.url.indexOf('?') + 1) : ''
     try {
       await audit.record({

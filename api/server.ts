@@ -19,6 +19,7 @@ import { registerAudit } from './audit.ts'
 import { registerAuth } from './auth.ts'
 import { detectorRoutes } from './detectors.ts'
 import { ApiError } from './errors.ts'
+import { exportRoutes, type ExportApiDeps } from './exports.ts'
 import { findingRoutes } from './findings.ts'
 import { keyRoutes } from './keys.ts'
 import { leakRoutes, type GithubPublicKey } from './leaks.ts'
@@ -45,6 +46,8 @@ export interface ApiDeps {
   audit?: AuditLog
   /** Serves /metrics (to any token that may read) unless metrics have a port of their own. */
   metrics?: Metrics
+  /** Compliance exports (GET /v1/exports/…). */
+  exports?: ExportApiDeps
   /** Requests per minute per token (per IP without one). */
   rateLimitPerMinute?: number
   /** More route groups (exports, Slack interactions), each registered in its own scope after the core routes. */
@@ -144,6 +147,8 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => detectorRoutes(scope, deps))
   await app.register(async (scope) => responseRoutes(scope, deps))
   await app.register(async (scope) => tokenRoutes(scope, deps))
+  const exports = deps.exports
+  if (exports) await app.register(async (scope) => exportRoutes(scope, exports))
   for (const plugin of deps.plugins ?? []) await app.register(plugin)
   return app
 }

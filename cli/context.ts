@@ -1,5 +1,6 @@
 // What every command shares: exit codes, the config, and the choice between a running instance's API and opening
 // the data locally.
+import { randomUUID } from 'node:crypto'
 import { userInfo } from 'node:os'
 import { loadEnv, parseConfig, type Config } from '../config/config.ts'
 import { readInstance, type RunningInstance } from './instance.ts'
@@ -45,15 +46,37 @@ export function cliActor(): string {
 }
 
 /**
+ * Runs `work` as the command line's own change on locally opened data, recorded in the audit trail whatever its
+ * outcome (through a running instance, the API records it instead).
+ */
+export async function auditedLocally<T>(rt: Runtime, action: string, target: string, work: () => Promise<T>, detail: Record<string, unknown> = {}): Promise<T> {
+  const entry = { actor: cliActor(), action, target, request_id: `cli-${randomUUID()}`, detail }
+  try {
+    const result = await work()
+    await rt.audit.record({ ...entry, outcome: 'ok' })
+    return result
+  } catch (err) {
+    const status = (err as { status?: number }).status
+    await rt.audit.record({ ...entry, outcome: status === 409 || status === 422 ? 'refused' : 'failed', detail: { ...detail, error: (err as Error).message } })
+    throw err
+  }
+}
+
+/**
  * Runs a command through the running instance's API when there is one (it owns the embedded engine), else on the
  * data opened locally. An API refusal becomes an ExitError with the API's message.
  */
 export async function throughInstanceOrLocal<T>(cfg: Config, viaApi: (call: ApiCall) => Promise<T>, local: (rt: Runtime) => Promise<T>): Promise<T> {
   const instance = runningInstance(cfg)
   if (instance) return viaApi(apiCaller(instance))
+  return withLocalRuntime(cfg, local)
+}
+
+/** Opens the data here for the length of `work`. */
+export async function withLocalRuntime<T>(cfg: Config, work: (rt: Runtime) => Promise<T>): Promise<T> {
   const rt = await openRuntime(cfg, createLogger(cfg))
   try {
-    return await local(rt)
+    return await work(rt)
   } finally {
     await rt.close()
   }

@@ -15,6 +15,7 @@ import { config, dataDirOf, ExitError, instanceHeaders, openForCommand, runningI
 import { announceInstance } from './instance.ts'
 import { registerResponseCommands } from './response-commands.ts'
 import { registerTokenCommands } from './token-commands.ts'
+import { registerComplianceCommands } from './compliance-commands.ts'
 import { progressBar } from './progress.ts'
 import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
 import type { Metrics } from '../api/metrics.ts'
@@ -255,6 +256,7 @@ program
 
 registerResponseCommands(program)
 registerTokenCommands(program)
+registerComplianceCommands(program)
 
 try {
   await program.parseAsync(process.argv)

@@ -5,7 +5,7 @@ import type { Command } from 'commander'
 import type { Action, ActionStatus } from '../response/actions.ts'
 import { ResponseError } from '../response/engine.ts'
 import { ExposureError, exposureCsv, exposureReport, type ExposureReport } from '../response/exposure.ts'
-import { cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
+import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
 
 const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective']
 
@@ -81,7 +81,7 @@ async function runManual(command: 'revoke' | 'reset', keyId: string, opts: { rea
   const action = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<{ action: Action }>('POST', `/v1/keys/${encodeURIComponent(keyId)}/${command}`, request)).json.action,
-    (rt) => rt.response.manual({ command, key_id: keyId, actor: cliActor(), ...request }).catch(refusal),
+    (rt) => auditedLocally(rt, `key.${command}`, keyId, () => rt.response.manual({ command, key_id: keyId, actor: cliActor(), ...request }), { reason: request.reason }).catch(refusal),
   )
   process.stdout.write(opts.json ? JSON.stringify(action) + '\n' : `${action.command} of ${action.key_prefix}: ${action.status}${action.status_detail ? ` — ${action.status_detail}` : ''} (${action.action_id})\n`)
   if (action.status === 'failed') process.exitCode = 1
@@ -94,7 +94,7 @@ async function runSwitch(what: string, opts: { reason?: string }): Promise<void>
     config(),
     async (call) => (what === 'status' ? await call<object>('GET', '/v1/response') : await call<object>('POST', `/v1/response/${what}`, { reason: opts.reason })).json,
     async (rt) => {
-      if (what !== 'status') await rt.response.setPaused(what === 'pause', cliActor(), opts.reason!)
+      if (what !== 'status') await auditedLocally(rt, `response.${what}`, '', () => rt.response.setPaused(what === 'pause', cliActor(), opts.reason!), { reason: opts.reason })
       return rt.response.state()
     },
   )

@@ -13,6 +13,13 @@ import { KafkaProducer } from '../ingest/kafka.ts'
 import type { ApiDeps } from '../api/server.ts'
 import { Metrics } from '../api/metrics.ts'
 import { TokenStore } from '../api/tokens.ts'
+import { AuditTrail } from '../audit/trail.ts'
+import { loadSigningKey } from '../exports/export.ts'
+import { scheduleExports } from '../exports/schedule.ts'
+import type { KeyObject } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
@@ -30,6 +37,11 @@ export interface Runtime {
   response: ResponseEngine
   tokens: TokenStore
   metrics: Metrics
+  /** keywatch's own hash-chained audit trail. */
+  audit: AuditTrail
+  /** The Ed25519 key that signs export manifests (read, or made, on first use). */
+  exportSigningKey: () => KeyObject
+  version: string
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
   /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
@@ -86,6 +98,21 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   detection.onRun((run) => metrics.detectorRun(run))
   findingsListeners.push((recorded) => metrics.findingsRecorded(recorded))
   response.onAction((action) => metrics.action(action))
+  const audit = new AuditTrail(storage.client)
+  // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
+  response.onAction((action) => {
+    if (!action.requested_by.startsWith('auto:')) return
+    void audit
+      .record({
+        actor: 'keywatch',
+        action: `key.${action.command}`,
+        target: action.key_id,
+        request_id: action.action_id,
+        outcome: action.status === 'failed' ? 'failed' : action.status === 'blocked' || action.status === 'paused' || action.status === 'dry_run' ? 'refused' : 'ok',
+        detail: { status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
+      })
+      .catch((err) => log.error({ err: String(err) }, 'could not record the audit entry'))
+  })
   detection.onRun((run) => {
     for (const f of run.findings) if (f.change !== 'updated') log.warn({ finding: f.finding.finding_id, detector: run.detector, severity: f.finding.severity, title: f.finding.title }, 'finding raised')
     if (run.findings.length) announce(run.findings)
@@ -103,6 +130,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       .catch((err) => log.error({ err: String(err), detector: 'leak.public_report' }, 'leak detection failed'))
   })
   let started = false
+  let signingKey: KeyObject | undefined
+  let stopExports: (() => Promise<void>) | undefined
   return {
     config,
     log,
@@ -115,6 +144,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     response,
     tokens,
     metrics,
+    audit,
+    exportSigningKey: () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile)),
+    version: VERSION,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
@@ -126,10 +158,14 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
       })
       detection.schedule()
+      if (config.exports.scheduled) {
+        stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile)), version: VERSION, log })
+      }
     },
     async close() {
       await writer.drain()
       await detection.stop()
+      await stopExports?.()
       await response.stop()
       await sender.close?.()
       await storage.close()
@@ -161,6 +197,8 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     tokens: rt.tokens,
     githubKeys: rt.config.githubKeys,
     metrics: rt.metrics,
+    audit: rt.audit,
+    exports: { storage: rt.storage, dir: rt.config.exports.dir, signingKey: rt.exportSigningKey, version: rt.version, trail: rt.audit },
     rateLimitPerMinute: rt.config.http.rateLimitPerMinute,
     ...extra,
   }

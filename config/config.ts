@@ -1,6 +1,6 @@
 // The one place keywatch reads its environment. Everything else receives a typed `Config`.
 import { existsSync, readFileSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { parseEnv } from 'node:util'
 import { z } from 'zod'
 import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.ts'
@@ -54,6 +54,10 @@ const envSchema = z.object({
   RESPONSE_TRANSPORT: z.enum(['http', 'kafka']).optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: port.default(8080),
+  EXPORT_DIR: z.string().min(1).optional(),
+  EXPORT_SIGNING_KEY_FILE: z.string().min(1).optional(),
+  EXPORT_SCHEDULE: z.enum(['on', 'off'], { error: 'must be on or off' }).default('on'),
+  EXPORT_SCHEDULE_FORMAT: z.enum(['csv', 'ndjson', 'parquet']).default('csv'),
   API_RATE_LIMIT_PER_MINUTE: positiveInt.default(600),
   METRICS_PORT: port.optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -83,6 +87,8 @@ export interface Config {
     transport: 'http' | 'kafka' | 'none'
     keyService?: { url: string; secret: string }
   }
+  /** Compliance exports: where files and manifests go, the Ed25519 key that signs manifests, the daily/monthly schedule. */
+  exports: { dir: string; signingKeyFile: string; scheduled: boolean; scheduledFormat: 'csv' | 'ndjson' | 'parquet' }
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
@@ -148,6 +154,12 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
     response: responseConfig(e),
+    exports: {
+      dir: resolve(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports')),
+      signingKeyFile: resolve(e.EXPORT_SIGNING_KEY_FILE ?? join(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports'), 'signing-key.pem')),
+      scheduled: e.EXPORT_SCHEDULE === 'on',
+      scheduledFormat: e.EXPORT_SCHEDULE_FORMAT,
+    },
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
     githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],
     logLevel: e.LOG_LEVEL,

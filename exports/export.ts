@@ -1,0 +1,204 @@
+// A compliance export: the dataset written to a file by ClickHouse itself (the embedded engine writes it directly;
+// a server streams it), with flat memory however large; then a manifest (range, filters, row count, size, SHA-256,
+// who and when) signed with Ed25519, which `keywatch verify-export` checks offline.
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
+import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { dirname } from 'node:path'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { queryRows, type Storage } from '../clickhouse/client.ts'
+import { chTime } from '../ingest/rows.ts'
+import { CLICKHOUSE_FORMAT, datasetQuery, type Dataset, type ExportFilter, type ExportFormat } from './datasets.ts'
+
+export interface ExportRequest {
+  dataset: Dataset
+  format: ExportFormat
+  filter: ExportFilter
+  /** Who asked: `token:<name>`, `cli:<user>` or `keywatch` (scheduled). */
+  actor: string
+  /** Chosen by the caller when it must name the file before it exists; else derived from the file. */
+  exportId?: string
+}
+
+export interface Manifest {
+  manifest_version: 1
+  export_id: string
+  dataset: Dataset
+  format: ExportFormat
+  range: { from: string; to: string }
+  filters: { account: string | null; actor: string | null; action: string | null }
+  /** Rows received up to this moment are in the export. */
+  snapshot_at: string
+  rows: number
+  bytes: number
+  sha256: string
+  file: string
+  generated_by: string
+  generated_at: string
+  keywatch_version: string
+  signature: { algorithm: 'Ed25519'; public_key: string; key_fingerprint: string; value: string }
+}
+
+export class ExportError extends Error {
+  readonly retriable = false
+  constructor(message: string) {
+    super(message)
+    this.name = 'ExportError'
+  }
+}
+
+/** The Ed25519 key that signs manifests: from a PEM file, or made once and kept beside the exports. */
+export function loadSigningKey(path: string): KeyObject {
+  if (!existsSync(path)) {
+    mkdirSync(dirname(path), { recursive: true })
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+    writeFileSync(path, privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 })
+    writeFileSync(path.replace(/(\.pem)?$/, '.pub.pem'), publicKey.export({ type: 'spki', format: 'pem' }))
+  }
+  const key = createPrivateKey(readFileSync(path))
+  if (key.asymmetricKeyType !== 'ed25519') throw new ExportError(`${path} is a ${key.asymmetricKeyType} key; manifests are signed with Ed25519`)
+  return key
+}
+
+export function fingerprint(publicKey: KeyObject): string {
+  return createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex')
+}
+
+/** The bytes a signature covers: the manifest without its signature value, keys in a fixed order. */
+export function signedBytes(manifest: Omit<Manifest, 'signature'> & { signature?: unknown }): Buffer {
+  const { signature: _s, ...rest } = manifest
+  return Buffer.from(canonicalJson(rest))
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`
+  }
+  return JSON.stringify(value)
+}
+
+/**
+ * Writes the export to `outPath` and returns its signed manifest (also written to `outPath.manifest.json`).
+ * The embedded engine writes the file itself; a ClickHouse server streams it here. Neither holds it in memory.
+ */
+export async function exportToFile(storage: Storage, request: ExportRequest, outPath: string, signingKey: KeyObject, version: string, onProgress?: (bytes: number) => void): Promise<Manifest> {
+  const from = Date.parse(request.filter.from)
+  const to = Date.parse(request.filter.to)
+  if (!(from < to)) throw new ExportError(`from ${request.filter.from} must be before to ${request.filter.to}`)
+  const snapshot = Date.now()
+  const params = {
+    from: chTime(from),
+    to: chTime(to),
+    snapshot: chTime(snapshot),
+    account: request.filter.account ?? '',
+    actor: request.filter.actor ?? '',
+    action: request.filter.action ?? '',
+  }
+  const query = datasetQuery(request.dataset, request.format)
+  const [counted] = await queryRows<{ n: number }>(storage.client, `SELECT count() AS n FROM (${query})`, params)
+  mkdirSync(dirname(outPath), { recursive: true })
+  if (storage.mode === 'embedded') {
+    await storage.client.command({
+      query: `INSERT INTO FUNCTION file({out:String}, {format:String}) ${query}`,
+      query_params: { ...params, out: outPath, format: CLICKHOUSE_FORMAT[request.format] },
+      clickhouse_settings: { engine_file_truncate_on_insert: 1, output_format_parquet_compression_method: 'zstd' } as never,
+    })
+  } else {
+    const result = await storage.client.exec({ query: `${query} FORMAT ${CLICKHOUSE_FORMAT[request.format]}`, query_params: params })
+    await pipeline(result.stream as unknown as Readable, createWriteStream(outPath))
+  }
+  const { sha256, bytes } = await digest(outPath, onProgress)
+  const publicKey = createPublicKey(signingKey)
+  const unsigned: Omit<Manifest, 'signature'> = {
+    manifest_version: 1,
+    export_id: request.exportId ?? `exp_${createHash('sha256').update(`${outPath}${snapshot}${sha256}`).digest('hex').slice(0, 20)}`,
+    dataset: request.dataset,
+    format: request.format,
+    range: { from: new Date(from).toISOString(), to: new Date(to).toISOString() },
+    filters: { account: request.filter.account ?? null, actor: request.filter.actor ?? null, action: request.filter.action ?? null },
+    snapshot_at: new Date(snapshot).toISOString(),
+    rows: Number(counted?.n ?? 0),
+    bytes,
+    sha256,
+    file: outPath.split('/').pop()!,
+    generated_by: request.actor,
+    generated_at: new Date().toISOString(),
+    keywatch_version: version,
+  }
+  const manifest: Manifest = {
+    ...unsigned,
+    signature: {
+      algorithm: 'Ed25519',
+      public_key: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      key_fingerprint: fingerprint(publicKey),
+      value: sign(null, signedBytes(unsigned), signingKey).toString('base64'),
+    },
+  }
+  writeFileSync(`${outPath}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n')
+  return manifest
+}
+
+async function digest(path: string, onProgress?: (bytes: number) => void): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256')
+  let bytes = 0
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    hash.update(chunk as Buffer)
+    bytes += (chunk as Buffer).length
+    onProgress?.(bytes)
+  }
+  return { sha256: hash.digest('hex'), bytes }
+}
+
+export interface VerifyOutcome {
+  ok: boolean
+  problems: string[]
+  /** Whose key signed it: the fingerprint, and whether it is the key the verifier trusts. */
+  signedBy: string
+  trustedKey: boolean
+}
+
+/**
+ * Checks an export against its manifest: size, SHA-256, the row count (CSV and NDJSON), and the signature. Without a
+ * trusted public key the signature is checked against the key in the manifest, which proves integrity, not origin.
+ */
+export async function verifyExport(file: string, manifestPath: string, trustedPublicKey?: string): Promise<VerifyOutcome> {
+  const problems: string[] = []
+  let manifest: Manifest
+  try {
+    manifest = JSON.parse(readFileSync(manifestPath, 'utf8')) as Manifest
+  } catch (err) {
+    return { ok: false, problems: [`the manifest is not readable JSON: ${(err as Error).message}`], signedBy: '', trustedKey: false }
+  }
+  if (!existsSync(file)) return { ok: false, problems: [`no file ${file}`], signedBy: '', trustedKey: false }
+  const size = statSync(file).size
+  if (size !== manifest.bytes) problems.push(`size: the file has ${size} bytes, the manifest says ${manifest.bytes}`)
+  const { sha256 } = await digest(file)
+  if (sha256 !== manifest.sha256) problems.push(`sha256: the file hashes to ${sha256}, the manifest says ${manifest.sha256}`)
+  if (manifest.format === 'ndjson' || manifest.format === 'csv') {
+    const rows = (await countLines(file)) - (manifest.format === 'csv' ? 1 : 0)
+    if (rows !== manifest.rows && manifest.format === 'ndjson') problems.push(`rows: the file has ${rows} lines, the manifest says ${manifest.rows} rows`)
+    if (manifest.format === 'csv' && rows < manifest.rows) problems.push(`rows: the file has ${rows} lines after its header, fewer than the ${manifest.rows} rows of the manifest`)
+  }
+  let signedBy = ''
+  let trustedKey = false
+  try {
+    const key = createPublicKey(trustedPublicKey ?? manifest.signature.public_key)
+    signedBy = fingerprint(key)
+    trustedKey = Boolean(trustedPublicKey)
+    if (trustedPublicKey && signedBy !== manifest.signature.key_fingerprint) problems.push(`signature: made with key ${manifest.signature.key_fingerprint.slice(0, 16)}…, not the trusted key ${signedBy.slice(0, 16)}…`)
+    else if (!verify(null, signedBytes(manifest), key, Buffer.from(manifest.signature.value, 'base64'))) problems.push('signature: does not match the manifest (the manifest was changed after it was signed)')
+  } catch (err) {
+    problems.push(`signature: cannot be checked: ${(err as Error).message}`)
+  }
+  return { ok: problems.length === 0, problems, signedBy, trustedKey }
+}
+
+async function countLines(path: string): Promise<number> {
+  let n = 0
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) for (const b of chunk as Buffer) if (b === 10) n++
+  return n
+}

@@ -1,0 +1,178 @@
+// Compliance exports on the real engine: the security log (auth events, key lifecycle, keywatch's own audit trail)
+// and key usage, in CSV, NDJSON and Parquet, filtered, with a signed manifest that verify-export checks offline and
+// that catches a tampered file or manifest; over the API for an auditor only, recorded in the audit trail.
+import { createHash, generateKeyPairSync } from 'node:crypto'
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { buildApi } from '../api/server.ts'
+import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { queryRows } from '../clickhouse/client.ts'
+import { ago, auth, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
+import { exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
+import { bearer, openTestRuntime, runCli, tempDir } from './helpers.ts'
+
+let rt: Runtime
+let api: FastifyInstance
+const out = tempDir('keywatch-exports-')
+const now = new Date().toISOString()
+const from = ago(now, { days: 2 })
+const to = new Date(Date.now() + 60_000).toISOString()
+const shop = { account_id: 'acct_Export001', key_id: 'key_Export001', key_prefix: 'sk_live_Exp1' }
+const other = { account_id: 'acct_Export002', key_id: 'key_Export002', key_prefix: 'sk_live_Exp2' }
+
+beforeAll(async () => {
+  rt = await openTestRuntime({ EXPORT_DIR: join(out, 'server') })
+  const events = [
+    auth(shop.account_id, 'login.succeeded', ago(now, { hours: 5 }), { actor_email: 'ana@shop.example' }),
+    auth(shop.account_id, 'mfa.failed', ago(now, { hours: 4 }), { actor_email: 'ana@shop.example' }),
+    auth(other.account_id, 'login.succeeded', ago(now, { hours: 3 }), { actor_email: 'bo@other.example' }),
+    auth(shop.account_id, 'login.succeeded', ago(now, { days: 5 })), // outside the range
+    lifecycle(shop, 'created', ago(now, { hours: 6 }), { secret_sha256: sha256('s1') }),
+    lifecycle(shop, 'revoked', ago(now, { hours: 1 }), { reason: 'leaked' }),
+    lifecycle(other, 'created', ago(now, { hours: 6 }), { secret_sha256: sha256('s2') }),
+    ...Array.from({ length: 50 }, (_, i) => usage(shop, ago(now, { minutes: 100 + i }), { user_agent: i === 0 ? '=HYPERLINK("http://evil.example","x")' : 'paykore-node/3.2.1' })),
+    ...Array.from({ length: 20 }, (_, i) => usage(other, ago(now, { minutes: 100 + i }))),
+  ]
+  const { rejections } = await rt.pipeline.ingest(events.map((e) => ({ raw: Buffer.from(JSON.stringify(e)), origin: { source: 'file' as const } })))
+  expect(rejections.map((r) => r.detail)).toEqual([])
+  await rt.audit.record({ actor: 'token:ops', action: 'finding.acknowledge', target: 'fnd_1', request_id: 'r1', outcome: 'ok' })
+  api = await buildApi(apiDepsOf(rt))
+})
+
+afterAll(async () => {
+  await api?.close()
+  await rt?.close()
+})
+
+const exportTo = (file: string, dataset: 'security-log' | 'key-usage', format: 'csv' | 'ndjson' | 'parquet', filter: Record<string, string> = {}) =>
+  exportToFile(rt.storage, { dataset, format, filter: { from, to, ...filter }, actor: 'cli:tester' }, join(out, file), rt.exportSigningKey(), rt.version)
+
+describe('the security log', () => {
+  it('holds auth events, key lifecycle and the audit trail in time order, as NDJSON', async () => {
+    const m = await exportTo('security.ndjson', 'security-log', 'ndjson')
+    const rows = readFileSync(join(out, 'security.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
+    expect(m.rows).toBe(rows.length)
+    expect(rows.map((r) => `${r.source}:${r.action}`)).toEqual([
+      'key_lifecycle:created',
+      'key_lifecycle:created',
+      'auth:login.succeeded',
+      'auth:mfa.failed',
+      'auth:login.succeeded',
+      'key_lifecycle:revoked',
+      'keywatch:finding.acknowledge',
+    ])
+    const times = rows.map((r) => r.occurred_at!)
+    expect([...times].sort()).toEqual(times)
+    expect(rows.find((r) => r.action === 'revoked')).toMatchObject({ target: shop.key_id, key_prefix: 'sk_live_Exp1', actor: 'user:usr_Ana01', detail: 'leaked' })
+    expect(JSON.stringify(rows)).not.toContain(sha256('s1')) // no secret hashes in the log
+  })
+
+  it('filters by account, actor and action', async () => {
+    const m = await exportTo('shop.ndjson', 'security-log', 'ndjson', { account: shop.account_id, action: 'login.succeeded' })
+    expect(m.rows).toBe(1)
+    expect(m.filters).toEqual({ account: shop.account_id, actor: null, action: 'login.succeeded' })
+    expect((await exportTo('ana.ndjson', 'security-log', 'ndjson', { actor: 'ana@shop.example' })).rows).toBe(2)
+  })
+})
+
+describe('key usage', () => {
+  it('exports as CSV with a header, a row per request, and formula cells neutralised', async () => {
+    const m = await exportTo('usage.csv', 'key-usage', 'csv', { account: shop.account_id })
+    const lines = readFileSync(join(out, 'usage.csv'), 'utf8').trim().split('\n')
+    expect(lines[0]).toMatch(/^"occurred_at","event_id","account_id","key_id"/)
+    expect(lines).toHaveLength(51)
+    expect(m.rows).toBe(50)
+    const evil = lines.find((l) => l.includes('HYPERLINK'))!
+    expect(evil).toContain(`"'=HYPERLINK(`)
+    expect(evil).not.toMatch(/,"=HYPERLINK/)
+  })
+
+  it('exports as Parquet that reads back whole', async () => {
+    const m = await exportTo('usage.parquet', 'key-usage', 'parquet')
+    const [back] = await queryRows<{ n: number; keys: number }>(rt.storage.client, `SELECT count() AS n, uniqExact(key_id) AS keys FROM file({p:String}, 'Parquet')`, { p: join(out, 'usage.parquet') })
+    expect(back).toEqual({ n: 70, keys: 2 })
+    expect(m.rows).toBe(70)
+    expect(readFileSync(join(out, 'usage.parquet')).subarray(0, 4).toString()).toBe('PAR1')
+  })
+
+  it('refuses filters it does not have and an empty range', async () => {
+    await expect(exportTo('x.csv', 'key-usage', 'csv', { from: now, to: from })).rejects.toThrow(/must be before/)
+    const viaApi = await api.inject({ method: 'GET', url: `/v1/exports/key-usage?from=${from}&to=${to}&actor=x`, headers: await bearer(rt, 'auditor') })
+    expect(viaApi.statusCode).toBe(400)
+    expect(viaApi.json().error.message).toMatch(/^query\.actor: /)
+  })
+
+  it('streams 200,000 rows', async () => {
+    await rt.storage.client.command({
+      query: `INSERT INTO key_usage (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, request_id, method, endpoint, scope, status, ip)
+              SELECT generateUUIDv4(), now64(3) - toIntervalSecond(number % 3600), 'acct_Bulk0001', concat('key_Bulk', toString(number % 100)), 'sk_live_Bulk', 'secret', 'live',
+                     concat('req_', toString(number)), 'GET', '/v1/payments', 'payments', 200, '10.0.0.1'
+              FROM numbers(200000)`,
+    })
+    const m = await exportTo('bulk.ndjson', 'key-usage', 'ndjson', { account: 'acct_Bulk0001' })
+    expect(m.rows).toBe(200_000)
+    expect(await verifyExport(join(out, 'bulk.ndjson'), join(out, 'bulk.ndjson.manifest.json'))).toMatchObject({ ok: true })
+  })
+})
+
+describe('the manifest', () => {
+  let m: Manifest
+  beforeAll(async () => {
+    m = await exportTo('signed.csv', 'security-log', 'csv')
+  })
+
+  it('says what the export is, and verifies', async () => {
+    const file = readFileSync(join(out, 'signed.csv'))
+    expect(m).toMatchObject({ dataset: 'security-log', format: 'csv', bytes: file.length, sha256: createHash('sha256').update(file).digest('hex'), generated_by: 'cli:tester', signature: { algorithm: 'Ed25519' } })
+    expect(m.range).toEqual({ from: new Date(from).toISOString(), to: new Date(to).toISOString() })
+    const publicKey = readFileSync(rt.config.exports.signingKeyFile.replace(/\.pem$/, '.pub.pem'), 'utf8')
+    expect(await verifyExport(join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), publicKey)).toMatchObject({ ok: true, trustedKey: true })
+  })
+
+  it('catches a changed file, a changed manifest and a stranger’s key; keywatch verify-export exits 1', async () => {
+    writeFileSync(join(out, 'tampered.csv'), readFileSync(join(out, 'signed.csv')))
+    appendFileSync(join(out, 'tampered.csv'), '"2026-11-24 10:00:00.000","auth","x","acct_Export001","mallory","login.succeeded","","","","","ok",""\n')
+    const changedFile = await verifyExport(join(out, 'tampered.csv'), join(out, 'signed.csv.manifest.json'))
+    expect(changedFile.ok).toBe(false)
+    expect(changedFile.problems.join('\n')).toMatch(/size: .*\n.*sha256: /)
+
+    // Fixing the manifest's hash and size to match breaks its signature.
+    const forged = { ...m, bytes: readFileSync(join(out, 'tampered.csv')).length, sha256: createHash('sha256').update(readFileSync(join(out, 'tampered.csv'))).digest('hex') }
+    writeFileSync(join(out, 'forged.manifest.json'), JSON.stringify(forged))
+    expect((await verifyExport(join(out, 'tampered.csv'), join(out, 'forged.manifest.json'))).problems).toEqual([expect.stringMatching(/^signature: does not match/)])
+
+    const stranger = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'pem' }).toString()
+    expect((await verifyExport(join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), stranger)).problems).toEqual([expect.stringMatching(/^signature: made with key/)])
+
+    writeFileSync(join(out, 'stranger.pem'), stranger)
+    const cli = await runCli(['verify-export', join(out, 'tampered.csv'), join(out, 'signed.csv.manifest.json')], {})
+    expect(cli.code).toBe(1)
+    expect(cli.stdout).toContain('MISMATCH sha256')
+    const good = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json')], {})
+    expect(good.code, good.stdout + good.stderr).toBe(0)
+    expect((await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', join(out, 'stranger.pem')], {})).code).toBe(1)
+  })
+})
+
+describe('GET /v1/exports', () => {
+  it('streams an export to an auditor, with its digest and a manifest link, and records the read', async () => {
+    const auditor = await bearer(rt, 'auditor', 'external-auditor')
+    expect((await api.inject({ method: 'GET', url: `/v1/exports/security-log?from=${from}&to=${to}`, headers: await bearer(rt, 'viewer') })).statusCode).toBe(403)
+    const res = await api.inject({ method: 'GET', url: `/v1/exports/security-log?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&format=ndjson`, headers: auditor })
+    expect(res.statusCode).toBe(200)
+    const id = res.headers['x-keywatch-export-id'] as string
+    expect(res.headers['repr-digest']).toBe(`sha-256=:${createHash('sha256').update(res.rawPayload).digest('base64')}:`)
+    const manifest = (await api.inject({ method: 'GET', url: `/v1/exports/${id}/manifest`, headers: auditor })).json() as Manifest
+    expect(manifest).toMatchObject({ export_id: id, rows: Number(res.headers['x-keywatch-rows']), generated_by: 'token:external-auditor' })
+    writeFileSync(join(out, 'api.ndjson'), res.rawPayload)
+    writeFileSync(join(out, 'api.manifest.json'), JSON.stringify(manifest))
+    const key = (await api.inject({ method: 'GET', url: '/v1/exports/signing-key', headers: auditor })).json() as { public_key: string }
+    expect(await verifyExport(join(out, 'api.ndjson'), join(out, 'api.manifest.json'), key.public_key)).toMatchObject({ ok: true })
+    const reads = await queryRows<{ actor: string; outcome: string; detail: string }>(rt.storage.client, "SELECT actor, outcome, detail FROM audit_trail WHERE action = 'export.read' ORDER BY seq")
+    expect(reads.map((r) => [r.actor.split('-')[0], r.outcome])).toEqual([['token:auditor', 'refused'], ['token:viewer', 'denied'], ['token:external', 'ok']])
+    const read = reads[2]
+    expect(JSON.parse(read!.detail)).toMatchObject({ export_id: id, dataset: 'security-log', sha256: manifest.sha256 })
+  })
+})
