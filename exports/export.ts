@@ -105,7 +105,20 @@ export async function exportToFile(storage: Storage, request: ExportRequest, out
     await storage.client.command({
       query: `INSERT INTO FUNCTION file({out:String}, {format:String}) ${query}`,
       query_params: { ...params, out: outPath, format: CLICKHOUSE_FORMAT[request.format] },
-      clickhouse_settings: { engine_file_truncate_on_insert: 1, output_format_parquet_compression_method: 'zstd' } as never,
+      // The engine runs in this process: a sort that outgrows 64 MB spills to disk, and Parquet's row groups stay
+      // small, so the export's memory stays flat however many rows it has.
+      clickhouse_settings: {
+        engine_file_truncate_on_insert: 1,
+        max_bytes_before_external_sort: 64 * 1024 * 1024,
+        max_bytes_ratio_before_external_sort: 0,
+        max_threads: 1,
+        max_block_size: 16_384,
+        // Parallel formatting keeps several formatted blocks of text in memory at once (about 170 MB for CSV).
+        output_format_parallel_formatting: 0,
+        output_format_parquet_compression_method: 'zstd',
+        output_format_parquet_row_group_size: 100_000,
+        output_format_parquet_row_group_size_bytes: 16 * 1024 * 1024,
+      } as never,
     })
   } else {
     const result = await storage.client.exec({ query: `${query} FORMAT ${CLICKHOUSE_FORMAT[request.format]}`, query_params: params })
