@@ -14,6 +14,8 @@ import type { ApiDeps } from '../api/server.ts'
 import { Metrics } from '../api/metrics.ts'
 import { TokenStore } from '../api/tokens.ts'
 import { AuditTrail } from '../audit/trail.ts'
+import { AlertService } from '../alerts/service.ts'
+import { slackInteractionRoutes } from '../alerts/interactions.ts'
 import { loadSigningKey } from '../exports/export.ts'
 import { scheduleExports } from '../exports/schedule.ts'
 import type { KeyObject } from 'node:crypto'
@@ -39,6 +41,7 @@ export interface Runtime {
   metrics: Metrics
   /** keywatch's own hash-chained audit trail. */
   audit: AuditTrail
+  alerts: AlertService
   /** The Ed25519 key that signs export manifests (read, or made, on first use). */
   exportSigningKey: () => KeyObject
   version: string
@@ -99,6 +102,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   findingsListeners.push((recorded) => metrics.findingsRecorded(recorded))
   response.onAction((action) => metrics.action(action))
   const audit = new AuditTrail(storage.client)
+  const alerts = new AlertService(storage.client, config.alerts, log)
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
     if (!action.requested_by.startsWith('auto:')) return
@@ -145,6 +149,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     tokens,
     metrics,
     audit,
+    alerts,
     exportSigningKey: () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile)),
     version: VERSION,
     onFindings: (listener) => void findingsListeners.push(listener),
@@ -152,7 +157,25 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       if (started) return
       started = true
       await response.start()
-      findingsListeners.push((recorded) => response.onFindings(recorded).then(() => undefined))
+      await alerts.start()
+      alerts.scheduleDigests()
+      // The response decides first (a leaked key waits for nothing), then the alert says what was done.
+      findingsListeners.push(async (recorded) => {
+        const actions = await response.onFindings(recorded)
+        const note = (id: string) => {
+          const a = actions.find((x) => x.finding_id === id)
+          return a && { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }
+        }
+        await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id) })))
+      })
+      findings.onStatusChange((f) => void alerts.onFindingChanged(f).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
+      response.onAction((a) => {
+        if (!a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
+        void findings
+          .list({ finding_id: a.finding_id, limit: 1 })
+          .then(([f]) => f && alerts.onFindingChanged(f, { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }))
+          .catch((err) => log.error({ err: String(err) }, 'could not update the alert'))
+      })
       // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
       pipeline.onStored((type) => {
         if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
@@ -167,6 +190,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       await detection.stop()
       await stopExports?.()
       await response.stop()
+      await alerts.stop()
       await sender.close?.()
       await storage.close()
     },
@@ -198,8 +222,31 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     githubKeys: rt.config.githubKeys,
     metrics: rt.metrics,
     audit: rt.audit,
+    plugins: rt.config.alerts.signingSecret ? [slackPlugin(rt, rt.config.alerts.signingSecret)] : [],
     exports: { storage: rt.storage, dir: rt.config.exports.dir, signingKey: rt.exportSigningKey, version: rt.version, trail: rt.audit },
     rateLimitPerMinute: rt.config.http.rateLimitPerMinute,
     ...extra,
   }
+}
+
+/** Slack's buttons: acknowledge, snooze, and revoke (a reset for an auto-generated key) through the response engine. */
+function slackPlugin(rt: Runtime, signingSecret: string) {
+  return (scope: Parameters<typeof slackInteractionRoutes>[0]) =>
+    slackInteractionRoutes(scope, {
+      signingSecret,
+      userRoles: rt.config.alerts.slackUserRoles,
+      findings: rt.findings,
+      audit: rt.audit,
+      revoke: async (finding, actor) => {
+        const action = await rt.response.manual({
+          command: finding.evidence.auto_generated ? 'reset' : 'revoke',
+          key_id: finding.key_id,
+          reason: `Revoke clicked in Slack on finding ${finding.finding_id}`,
+          actor,
+          incident: true,
+          finding_id: finding.finding_id,
+        })
+        return { status: action.status, detail: action.status_detail }
+      },
+    })
 }

@@ -4,6 +4,10 @@ import { join, resolve } from 'node:path'
 import { parseEnv } from 'node:util'
 import { z } from 'zod'
 import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.ts'
+import { defaultRoutes, readRoutes } from '../alerts/routing.ts'
+import type { AlertsConfig } from '../alerts/service.ts'
+import { userRolesSchema } from '../alerts/interactions.ts'
+import type { Role } from '../api/tokens.ts'
 
 const port = z.coerce.number({ error: 'must be a port number (0-65535)' }).int('must be a port number (0-65535)').min(0, 'must be a port number (0-65535)').max(65535, 'must be a port number (0-65535)')
 const positiveInt = z.coerce.number({ error: 'must be a positive integer' }).int('must be a positive integer').positive('must be a positive integer')
@@ -58,6 +62,29 @@ const envSchema = z.object({
   EXPORT_SIGNING_KEY_FILE: z.string().min(1).optional(),
   EXPORT_SCHEDULE: z.enum(['on', 'off'], { error: 'must be on or off' }).default('on'),
   EXPORT_SCHEDULE_FORMAT: z.enum(['csv', 'ndjson', 'parquet']).default('csv'),
+  SLACK_BOT_TOKEN: z.string().regex(/^xox[a-z]-/, 'must be a Slack bot token (xoxb-…)').optional(),
+  SLACK_SIGNING_SECRET: z.string().min(16, "must be the Slack app's signing secret").optional(),
+  SLACK_API_URL: z.url('must be a URL, e.g. https://slack.com/api/').optional(),
+  SLACK_CHANNEL: z.string().min(1).optional(),
+  SLACK_USER_ROLES: z
+    .string()
+    .transform((s, ctx) => {
+      try {
+        return JSON.parse(s) as unknown
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be JSON mapping Slack user ids to roles, e.g. {"U024BE7LH":"responder"}' })
+        return z.NEVER
+      }
+    })
+    .pipe(userRolesSchema)
+    .optional(),
+  SMTP_URL: z.string().regex(/^smtps?:\/\//, 'must be an smtp:// or smtps:// URL').optional(),
+  ALERT_MAIL_FROM: z.string().min(3).default('keywatch <keywatch@localhost>'),
+  ALERT_MAIL_TO: z.string().optional(),
+  ALERT_ROUTES_FILE: z.string().min(1).optional(),
+  ALERT_DEDUP_HOURS: positiveInt.default(6),
+  ALERT_CHANNEL_MAX_PER_MINUTE: positiveInt.default(10),
+  KEYWATCH_PUBLIC_URL: z.url('must be the URL people open keywatch at').optional(),
   API_RATE_LIMIT_PER_MINUTE: positiveInt.default(600),
   METRICS_PORT: port.optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -87,6 +114,8 @@ export interface Config {
     transport: 'http' | 'kafka' | 'none'
     keyService?: { url: string; secret: string }
   }
+  /** Alerts: routes, Slack, mail, dedup window and per-destination cap; Slack users' roles for its buttons. */
+  alerts: AlertsConfig & { signingSecret?: string; slackUserRoles: Record<string, Role> }
   /** Compliance exports: where files and manifests go, the Ed25519 key that signs manifests, the daily/monthly schedule. */
   exports: { dir: string; signingKeyFile: string; scheduled: boolean; scheduledFormat: 'csv' | 'ndjson' | 'parquet' }
   /** Parameter overrides per detector id. */
@@ -154,6 +183,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
     response: responseConfig(e),
+    alerts: alertsConfig(e),
     exports: {
       dir: resolve(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports')),
       signingKeyFile: resolve(e.EXPORT_SIGNING_KEY_FILE ?? join(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports'), 'signing-key.pem')),
@@ -197,4 +227,25 @@ function responseConfig(e: z.infer<typeof envSchema>): Config['response'] {
   if (transport === 'kafka' && !e.KAFKA_BROKERS) problems.push('RESPONSE_TRANSPORT=kafka: needs KAFKA_BROKERS')
   if (problems.length) throw new ConfigError(problems)
   return { policy, transport, keyService: e.KEY_SERVICE_URL && e.KEY_SERVICE_SECRET ? { url: e.KEY_SERVICE_URL, secret: e.KEY_SERVICE_SECRET } : undefined }
+}
+
+/** Routes from ALERT_ROUTES_FILE, or critical and high findings to SLACK_CHANNEL and critical ones to ALERT_MAIL_TO. */
+function alertsConfig(e: z.infer<typeof envSchema>): Config['alerts'] {
+  const mailTo = (e.ALERT_MAIL_TO ?? '').split(',').map((s) => s.trim()).filter(Boolean)
+  let routes = defaultRoutes(e.SLACK_CHANNEL, mailTo)
+  if (e.ALERT_ROUTES_FILE) {
+    const read = readRoutes(e.ALERT_ROUTES_FILE)
+    if ('problems' in read) throw new ConfigError(read.problems.map((p) => `ALERT_ROUTES_FILE=${JSON.stringify(e.ALERT_ROUTES_FILE)}: ${p}`))
+    routes = read.routes
+  }
+  return {
+    routes,
+    slack: e.SLACK_BOT_TOKEN ? { token: e.SLACK_BOT_TOKEN, apiUrl: e.SLACK_API_URL } : undefined,
+    smtp: e.SMTP_URL ? { url: e.SMTP_URL, from: e.ALERT_MAIL_FROM } : undefined,
+    publicUrl: e.KEYWATCH_PUBLIC_URL ?? `http://${e.HOST}:${e.PORT}`,
+    dedupHours: e.ALERT_DEDUP_HOURS,
+    maxPerMinute: e.ALERT_CHANNEL_MAX_PER_MINUTE,
+    signingSecret: e.SLACK_SIGNING_SECRET,
+    slackUserRoles: e.SLACK_USER_ROLES ?? {},
+  }
 }

@@ -63,6 +63,7 @@ const SELECT_FINDING = `SELECT finding_id, detector, severity, account_id, key_i
 
 export class FindingStore {
   private queue: Promise<unknown> = Promise.resolve()
+  private readonly statusListeners: ((finding: Finding) => void)[] = []
   private lastVersion = 0
 
   constructor(private readonly client: ClickHouseClient) {}
@@ -131,6 +132,11 @@ export class FindingStore {
     })
   }
 
+  /** Told after a finding's status was changed by a person (alerts update their messages). */
+  onStatusChange(listener: (finding: Finding) => void): void {
+    this.statusListeners.push(listener)
+  }
+
   /** A person (or keywatch) changes a finding's status; the change is audited. */
   setStatus(findingId: string, status: FindingStatus, actor: string, reason: string, at = new Date()): Promise<Finding> {
     return this.serial(async () => {
@@ -141,6 +147,7 @@ export class FindingStore {
       const after: Finding = { ...before, status, status_changed_at: when, status_changed_by: actor, status_reason: reason }
       await this.write([after])
       await this.logChanges([{ finding: after, from: before.status, actor, reason, at: when }])
+      for (const l of this.statusListeners) l(after)
       return after
     })
   }

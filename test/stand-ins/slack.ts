@@ -1,0 +1,49 @@
+// An HTTP server on loopback standing in for Slack's Web API (the client's `slackApiUrl`): it records every call
+// with its decoded fields, answers like Slack, and can be told to answer 429 with Retry-After, or 500, for a while.
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+export interface SlackCall {
+  method: string
+  at: number
+  token: string
+  fields: Record<string, string>
+  blocks: unknown
+}
+
+export interface SlackStandIn {
+  apiUrl: string
+  calls: SlackCall[]
+  /** Answers to give before the real ones: 429 (with Retry-After seconds) or 500. */
+  script: ({ status: 429; retryAfter: number } | { status: 500 })[]
+  /** While true, every call gets 500. */
+  down: boolean
+  close(): Promise<void>
+}
+
+export async function startSlackStandIn(): Promise<SlackStandIn> {
+  let ts = 1_700_000_000
+  const state: Omit<SlackStandIn, 'apiUrl' | 'close'> = { calls: [], script: [], down: false }
+  const server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (d) => (body += d))
+    req.on('end', () => {
+      const method = (req.url ?? '').replace(/^\/api\//, '')
+      const fields = Object.fromEntries(new URLSearchParams(body))
+      const reply = (status: number, payload: object, headers: Record<string, string> = {}) => res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(payload))
+      if (state.down) return reply(500, { ok: false, error: 'internal_error' })
+      const scripted = state.script.shift()
+      if (scripted?.status === 429) return reply(429, { ok: false, error: 'ratelimited' }, { 'retry-after': String(scripted.retryAfter) })
+      if (scripted?.status === 500) return reply(500, { ok: false, error: 'internal_error' })
+      state.calls.push({ method, at: Date.now(), token: String(req.headers.authorization ?? ''), fields, blocks: fields.blocks ? JSON.parse(fields.blocks) : undefined })
+      if (method === 'chat.postMessage') return reply(200, { ok: true, channel: fields.channel, ts: `${ts++}.000100` })
+      if (method === 'chat.update') return reply(200, { ok: true, channel: fields.channel, ts: fields.ts })
+      reply(200, { ok: false, error: 'unknown_method' })
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return Object.assign(state, {
+    apiUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/`,
+    close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
+  })
+}
