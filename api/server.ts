@@ -2,6 +2,10 @@
 // routes, each group in its own plugin. zod schemas validate every input, type the handlers and make the OpenAPI
 // document at /docs; every failure has one shape: { error: { code, message } }.
 import { randomUUID } from 'node:crypto'
+import { createRequire } from 'node:module'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import fastifyStatic from '@fastify/static'
 import rateLimit from '@fastify/rate-limit'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
@@ -25,6 +29,7 @@ import { keyRoutes } from './keys.ts'
 import { leakRoutes, type GithubPublicKey } from './leaks.ts'
 import type { Metrics } from './metrics.ts'
 import { responseRoutes } from './response.ts'
+import { statsRoutes } from './stats.ts'
 import { tokenRoutes } from './token-routes.ts'
 import type { TokenStore } from './tokens.ts'
 
@@ -67,6 +72,9 @@ const CODE_OF_STATUS: Record<number, string> = {
   415: 'unsupported_media_type',
   429: 'rate_limited',
 }
+
+const DASHBOARD_DIR = fileURLToPath(new URL('../dashboards/web/', import.meta.url))
+const UPLOT_DIR = dirname(createRequire(import.meta.url).resolve('uplot'))
 
 const WHERE: Record<string, string> = { body: 'body', querystring: 'query', params: 'path', headers: 'header' }
 
@@ -147,8 +155,19 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => detectorRoutes(scope, deps))
   await app.register(async (scope) => responseRoutes(scope, deps))
   await app.register(async (scope) => tokenRoutes(scope, deps))
+  await app.register(async (scope) => statsRoutes(scope, deps))
   const exports = deps.exports
   if (exports) await app.register(async (scope) => exportRoutes(scope, exports))
   for (const plugin of deps.plugins ?? []) await app.register(plugin)
+
+  // The built-in dashboard: static files (it signs in with an API token and reads everything through /v1).
+  await app.register(fastifyStatic, { root: DASHBOARD_DIR, prefix: '/', wildcard: false, index: 'index.html', schemaHide: true })
+  await app.register(fastifyStatic, { root: UPLOT_DIR, prefix: '/assets/uplot/', decorateReply: false, wildcard: false, schemaHide: true })
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (String(reply.getHeader('content-type') ?? '').startsWith('text/html')) {
+      reply.header('content-security-policy', "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
+    }
+    return payload
+  })
   return app
 }
