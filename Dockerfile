@@ -1,15 +1,11 @@
-# keywatch on Node 24. The embedded engine needs glibc (chdb ships a linux-x64-gnu build).
+# keywatch on Node 24. The embedded engine needs glibc (chdb ships a linux-x64-gnu build); with CLICKHOUSE_URL set
+# (as in docker-compose.yml) keywatch talks to a ClickHouse server instead.
 FROM node:24-bookworm-slim
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm install --no-save tsx@4
-COPY bin bin
-COPY cli cli
-COPY config config
-COPY contract contract
-COPY clickhouse clickhouse
-COPY ingest ingest
-COPY api api
+# npm ci refuses this lockfile (chdb's optional platform packages are resolved at install time).
+RUN npm install --omit=dev --no-audit --no-fund
+COPY . .
 ENV HOST=0.0.0.0 PORT=8080 KEYWATCH_DATA_DIR=/data
 VOLUME /data
 EXPOSE 8080

@@ -92,6 +92,9 @@ const envSchema = z.object({
 
 export type Env = z.input<typeof envSchema>
 
+/** Every variable keywatch reads (the compose test checks deployments name only these). */
+export const ENV_VARIABLES = Object.keys(envSchema.shape)
+
 export interface Config {
   clickhouse:
     | { mode: 'server'; url: string; user: string; password: string; database: string }
