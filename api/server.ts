@@ -81,7 +81,8 @@ const WHERE: Record<string, string> = { body: 'body', querystring: 'query', para
 const NDJSON_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/plain']
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID() })
+  // Requests are not logged one by one (the audit trail and the metrics cover them); failures are.
+  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID(), disableRequestLogging: true })
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 

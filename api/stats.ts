@@ -36,6 +36,22 @@ export async function overview(client: ClickHouseClient): Promise<Overview> {
 
 export async function statsRoutes(app: FastifyInstance, deps: { client: ClickHouseClient }): Promise<void> {
   app.get('/v1/stats/overview', { config: { permission: 'read' }, schema: { tags: ['dashboard'], summary: "The overview page's figures" } }, async () => overview(deps.client))
+  // The alerts keywatch made, whatever their channel: with no Slack or mail configured this is where they are read.
+  app.get('/v1/alerts', { config: { permission: 'read' }, schema: { tags: ['dashboard'], summary: 'Recent alerts and their delivery' } }, async () => {
+    const rows = await queryRows<{ alert_id: string; channel: string; destination: string; kind: string; finding_id: string; severity: string; status: string; attempts: number; created_at: string; delivered_at: string | null; payload: string }>(
+      deps.client,
+      `SELECT alert_id, channel, destination, kind, finding_id, severity, status, attempts, toString(created_at) AS created_at,
+              if(delivered_at IS NULL, NULL, toString(delivered_at)) AS delivered_at, payload
+       FROM (SELECT * FROM alert_outbox FINAL WHERE created_at > now64(3) - INTERVAL 7 DAY) ORDER BY created_at DESC, alert_id DESC LIMIT 500`,
+    )
+    return {
+      alerts: rows.map(({ payload, ...r }) => {
+        const p = JSON.parse(payload) as { slack?: { text: string }; mail?: { subject: string } }
+        return { ...r, text: p.slack?.text ?? p.mail?.subject ?? '' }
+      }),
+    }
+  })
+
   app.get('/v1/whoami', { config: { permission: 'read' }, schema: { tags: ['dashboard'], summary: 'Who this token is and what it may do' } }, async (request) => {
     const p = principalOf(request)
     return { actor: p.actor, role: p.role, permissions: GRANTS[p.role] }

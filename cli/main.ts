@@ -16,6 +16,7 @@ import { announceInstance } from './instance.ts'
 import { registerResponseCommands } from './response-commands.ts'
 import { registerTokenCommands } from './token-commands.ts'
 import { registerComplianceCommands } from './compliance-commands.ts'
+import { registerDemoCommand } from './demo-command.ts'
 import { progressBar } from './progress.ts'
 import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
 import type { Metrics } from '../api/metrics.ts'
@@ -257,6 +258,7 @@ program
 registerResponseCommands(program)
 registerTokenCommands(program)
 registerComplianceCommands(program)
+registerDemoCommand(program)
 
 try {
   await program.parseAsync(process.argv)

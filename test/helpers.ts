@@ -70,8 +70,8 @@ export function runCli(args: string[], env: Record<string, string>, input?: stri
 }
 
 /** Starts `keywatch start` and resolves once its log says it started. */
-export async function startKeywatch(env: Record<string, string>): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
-  const child = spawn(NODE, [BIN, 'start'], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
+export async function startKeywatch(env: Record<string, string>, args = ['start']): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
+  const child = spawn(NODE, [BIN, ...args], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
   // A failing test must not leave a keywatch holding a data directory or a consumer group.
   const killOnExit = () => child.kill('SIGKILL')
   process.once('exit', killOnExit)

@@ -65,6 +65,7 @@ const pages = [
   [/^#\/keys(\?.*)?$/, keys],
   [/^#\/findings(\?.*)?$/, findings],
   [/^#\/actions$/, actions],
+  [/^#\/alerts$/, alerts],
 ]
 
 async function route() {
@@ -259,6 +260,13 @@ async function actions() {
   main.innerHTML = `<h1>Actions</h1><p class="muted"><span data-testid="actions-count">${num(list.actions.length)}</span> actions</p>
   <div class="card"><table><thead><tr><th>Requested</th><th>Command</th><th>Key</th><th>Account</th><th>Status</th><th>By</th><th>Confirmed</th><th>Detail</th></tr></thead><tbody>
   ${list.actions.map((a) => `<tr data-testid="action-row"><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td><a href="#/keys/${esc(a.key_id)}">${esc(a.key_prefix)}</a></td><td>${esc(a.account_id)}</td><td>${esc(a.status)}</td><td>${esc(a.requested_by)}</td><td>${esc(a.confirmed_at ?? '—')} ${esc(a.confirmed_by)}</td><td>${esc(a.status_detail)}</td></tr>`).join('')}</tbody></table></div>`
+}
+
+async function alerts() {
+  const list = await api('/v1/alerts')
+  main.innerHTML = `<h1>Alerts</h1><p class="muted"><span data-testid="alerts-count">${num(list.alerts.length)}</span> alerts in 7 days (Slack, mail, or this log when neither is configured)</p>
+  <div class="card"><table><thead><tr><th>Made</th><th>Severity</th><th>Channel</th><th>To</th><th>Kind</th><th>Alert</th><th>Delivery</th></tr></thead><tbody>
+  ${list.alerts.map((a) => `<tr data-testid="alert-row"><td>${esc(a.created_at)}</td><td>${sev(a.severity)}</td><td>${esc(a.channel)}</td><td>${esc(a.destination)}</td><td>${esc(a.kind)}</td><td>${esc(a.text)}</td><td>${esc(a.status)}${a.attempts > 1 ? ` after ${num(a.attempts)} attempts` : ''}</td></tr>`).join('')}</tbody></table></div>`
 }
 
 window.addEventListener('hashchange', () => void route())
