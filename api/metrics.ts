@@ -12,6 +12,7 @@ export class Metrics {
   private readonly rejected = new Counter({ name: 'keywatch_events_rejected_total', help: 'Events rejected, by reason', labelNames: ['reason', 'source'], registers: [this.registry] })
   private readonly deadLetters = new Counter({ name: 'keywatch_dead_letters_total', help: 'Kafka messages sent to the dead-letter topic', labelNames: ['reason'], registers: [this.registry] })
   private readonly lastIngest = new Gauge({ name: 'keywatch_last_ingest_timestamp_seconds', help: 'When events were last stored', registers: [this.registry] })
+  private readonly lag = new Gauge({ name: 'keywatch_kafka_consumer_lag', help: 'Messages of a partition not yet handed to ingest, when its latest batch was fetched', labelNames: ['topic', 'partition'], registers: [this.registry] })
   private readonly runs = new Histogram({
     name: 'keywatch_detector_run_seconds',
     help: 'Detector run durations',
@@ -36,6 +37,10 @@ export class Metrics {
       this.rejected.inc({ reason: r.reason, source: r.message.origin.source })
       if (r.message.origin.source === 'kafka') this.deadLetters.inc({ reason: r.reason })
     }
+  }
+
+  consumerLag(topic: string, partition: number, lag: number): void {
+    this.lag.set({ topic, partition: String(partition) }, lag)
   }
 
   detectorRun(run: RunResult): void {

@@ -13,7 +13,14 @@ export interface KafkaIngest {
 
 const EMPTY = Buffer.alloc(0)
 
-export async function startKafkaIngest(kafka: NonNullable<Config['kafka']>, ingest: Config['ingest'], pipeline: IngestPipeline, log: Logger): Promise<KafkaIngest> {
+export async function startKafkaIngest(
+  kafka: NonNullable<Config['kafka']>,
+  ingest: Config['ingest'],
+  pipeline: IngestPipeline,
+  log: Logger,
+  /** Told each partition's lag as its batches arrive (metrics). */
+  onLag?: (topic: string, partition: number, lag: number) => void,
+): Promise<KafkaIngest> {
   const settings = { brokers: kafka.brokers, clientId: kafka.clientId }
   const t = kafka.topics
   const typeOfTopic: Record<string, InboundType> = {
@@ -37,6 +44,7 @@ export async function startKafkaIngest(kafka: NonNullable<Config['kafka']>, inge
   )
 
   await consumer.start(async (batch) => {
+    onLag?.(batch.topic, batch.partition, batch.lag)
     const messages = batch.messages.map((m) => ({
       raw: m.value ?? EMPTY,
       origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },

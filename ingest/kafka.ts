@@ -13,6 +13,8 @@ export interface PartitionBatch {
   messages: { key: Buffer | null; value: Buffer | null; offset: string }[]
   /** Offset to commit once every message of this batch is handled. */
   nextOffset: string
+  /** Messages of the partition after this batch, when it was fetched: the consumer's lag. */
+  lag: number
 }
 
 export interface OutboundRecord {
@@ -121,7 +123,8 @@ export class KafkaBatchConsumer {
         }
         if (this.failed || this.stopping || !isRunning() || isStale()) return
         const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
-        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset })
+        const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(nextOffset)))
+        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag })
         const chain = Promise.all([this.chains.get(key), work]).then(() => {
           if (this.failed) throw new Error('an earlier batch failed; not committing past it')
           return consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])

@@ -11,6 +11,7 @@ import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { ago, auth, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import { exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
+import { exportPeriod } from '../exports/schedule.ts'
 import { bearer, openTestRuntime, runCli, tempDir } from './helpers.ts'
 
 let rt: Runtime
@@ -153,6 +154,22 @@ describe('the manifest', () => {
     const good = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json')], {})
     expect(good.code, good.stdout + good.stderr).toBe(0)
     expect((await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', join(out, 'stranger.pem')], {})).code).toBe(1)
+  })
+})
+
+describe('scheduled exports', () => {
+  it("write the day before and the month before, both datasets, each with a signed manifest", async () => {
+    const dir = join(out, 'scheduled')
+    const options = { storage: rt.storage, dir, format: 'ndjson' as const, signingKey: rt.exportSigningKey, version: rt.version, log: rt.log }
+    const daily = await exportPeriod(options, 'daily', new Date(Date.now() + 86_400_000))
+    const today = new Date().toISOString().slice(0, 10)
+    expect(daily.map((m) => m.file)).toEqual([`security-log-${today}.ndjson`, `key-usage-${today}.ndjson`])
+    expect(daily.map((m) => m.generated_by)).toEqual(['keywatch', 'keywatch'])
+    const [day] = await queryRows<{ n: number }>(rt.storage.client, `SELECT count() AS n FROM key_usage WHERE toDate(occurred_at) = toDate({d:String})`, { d: today })
+    expect(daily[1]!.rows).toBe(Number(day!.n))
+    for (const m of daily) expect(await verifyExport(join(dir, 'daily', m.file), join(dir, 'daily', `${m.file}.manifest.json`))).toMatchObject({ ok: true })
+    const monthly = await exportPeriod(options, 'monthly', new Date(Date.UTC(2027, 0, 15)))
+    expect(monthly[0]!.range).toEqual({ from: '2026-12-01T00:00:00.000Z', to: '2027-01-01T00:00:00.000Z' })
   })
 })
 

@@ -179,6 +179,13 @@ describe('a leak report through each intake ends in a confirmed revocation', () 
     expect(service.keys.get(key.key_id)!.state).toBe('revoked')
   })
 
+  it('reports ingest counts and the consumer lag on /metrics', async () => {
+    const metrics = await (await fetch(`${viaHttp.url}/metrics`, { headers: { authorization: viaHttp.viewer } })).text()
+    expect(metrics).toMatch(new RegExp(`keywatch_kafka_consumer_lag\\{topic="${viaHttp.topics.lifecycle}",partition="0"\\} 0`))
+    expect(metrics).toMatch(/keywatch_events_total\{result="accepted"\} [1-9]/)
+    expect(metrics).toMatch(/keywatch_actions_total\{command="revoke",status="confirmed"\} [1-9]/)
+  })
+
   it('over Kafka both ways: key.command on the commands topic, confirmed by the revoked lifecycle event', async () => {
     const key = newKey('E2eKafka1')
     await createKeys(viaKafka, [key])
