@@ -17,6 +17,17 @@ const brokerList = z
   .transform((s) => s.split(',').map((b) => b.trim()).filter(Boolean))
   .pipe(z.array(z.string().regex(/^[^\s:]+:\d{1,5}$/, 'must be host:port')).min(1, 'needs at least one host:port'))
 
+/** A variable holding JSON: parsed, or an issue saying what it must be. */
+const json = (message: string) =>
+  z.string().transform((s, ctx) => {
+    try {
+      return JSON.parse(s) as unknown
+    } catch {
+      ctx.addIssue({ code: 'custom', message })
+      return z.NEVER
+    }
+  })
+
 const envSchema = z.object({
   CLICKHOUSE_URL: z.url('must be an http(s) URL such as http://127.0.0.1:8123').optional(),
   CLICKHOUSE_USER: z.string().default('default'),
@@ -39,16 +50,7 @@ const envSchema = z.object({
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
 
-  DETECTOR_PARAMS: z
-    .string()
-    .transform((s, ctx) => {
-      try {
-        return JSON.parse(s) as unknown
-      } catch {
-        ctx.addIssue({ code: 'custom', message: 'must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}' })
-        return z.NEVER
-      }
-    })
+  DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
     .optional(),
   GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().min(1).optional(),
@@ -66,18 +68,7 @@ const envSchema = z.object({
   SLACK_SIGNING_SECRET: z.string().min(16, "must be the Slack app's signing secret").optional(),
   SLACK_API_URL: z.url('must be a URL, e.g. https://slack.com/api/').optional(),
   SLACK_CHANNEL: z.string().min(1).optional(),
-  SLACK_USER_ROLES: z
-    .string()
-    .transform((s, ctx) => {
-      try {
-        return JSON.parse(s) as unknown
-      } catch {
-        ctx.addIssue({ code: 'custom', message: 'must be JSON mapping Slack user ids to roles, e.g. {"U024BE7LH":"responder"}' })
-        return z.NEVER
-      }
-    })
-    .pipe(userRolesSchema)
-    .optional(),
+  SLACK_USER_ROLES: json('must be JSON mapping Slack user ids to roles, e.g. {"U024BE7LH":"responder"}').pipe(userRolesSchema).optional(),
   SMTP_URL: z.string().regex(/^smtps?:\/\//, 'must be an smtp:// or smtps:// URL').optional(),
   ALERT_MAIL_FROM: z.string().min(3).default('keywatch <keywatch@localhost>'),
   ALERT_MAIL_TO: z.string().optional(),
