@@ -3,7 +3,7 @@
 // minute or so: a live secret key reported by GitHub's secret scanning (and revoked by keywatch), probing with the
 // revoked key, a secret key used from a browser, a 429 storm on a quiet key, a stalled rotation, an MFA brute force.
 import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
-import { ago, auth, lifecycle, ratelimited, sha256, usage } from '../detectors/fixtures/events.ts'
+import { ago, auth, lifecycle, ratelimited, sha256, usage } from '../contract/builders.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
 import type { StandInKeyService } from './key-service.ts'
 
