@@ -5,6 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
+import { chTime } from '../ingest/rows.ts'
 import { ApiError } from './errors.ts'
 
 /** GitHub's published signing keys: { key_identifier, key (PEM), is_current }. */
@@ -35,7 +36,6 @@ function reportId(tokenHash: string, url: string | null | undefined, source: str
 export async function leakRoutes(app: FastifyInstance, deps: LeakIntakeDeps): Promise<void> {
   // Raw bytes: the GitHub signature is over the exact body.
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
-  const seenSignatures = new Map<string, number>() // replay guard: signature hash -> first seen (ms)
 
   app.post('/v1/leaks', { config: { permission: 'ingest' }, schema: { tags: ['ingest'], summary: 'Report a leaked secret (the contract\'s leak.reported)' } }, async (request, reply) => {
     const raw = request.body as Buffer
@@ -59,11 +59,11 @@ export async function leakRoutes(app: FastifyInstance, deps: LeakIntakeDeps): Pr
       valid = false
     }
     if (!valid) throw new ApiError(401, 'bad_signature', 'the signature does not match the body')
+    // The replay guard is in ClickHouse: it holds across instances and restarts.
     const signatureHash = sha256(signature)
-    const now = Date.now()
-    for (const [s, at] of seenSignatures) if (now - at > 86_400_000) seenSignatures.delete(s)
-    if (seenSignatures.has(signatureHash)) throw new ApiError(401, 'replayed', 'this signed payload was already delivered')
-    seenSignatures.set(signatureHash, now)
+    const [seen] = await queryRows<{ n: number }>(deps.client, 'SELECT count() AS n FROM github_deliveries WHERE signature_sha256 = {h:String}', { h: signatureHash })
+    if (Number(seen?.n ?? 0) > 0) throw new ApiError(401, 'replayed', 'this signed payload was already delivered')
+    await deps.client.insert({ table: 'github_deliveries', format: 'JSONEachRow', values: [{ signature_sha256: signatureHash, received_at: chTime(Date.now()) }] })
 
     let items: z.infer<typeof githubReport>
     try {

@@ -87,6 +87,14 @@ describe('GitHub secret scanning intake', () => {
     const replay = await post(once, h)
     expect(replay.statusCode).toBe(401)
     expect(replay.json()).toMatchObject({ error: { code: 'replayed' } })
+    // Another instance (or this one after a restart) refuses it too: the guard is in ClickHouse.
+    const other = await buildApi(apiDepsOf(rt, { githubKeys: [{ key_identifier: KEY_ID, key: github.publicKey.export({ type: 'spki', format: 'pem' }).toString(), is_current: true }] }))
+    try {
+      const elsewhere = await other.inject({ method: 'POST', url: '/v1/leaks/github', payload: once, headers: { 'content-type': 'application/json', ...h } })
+      expect(elsewhere.statusCode).toBe(401)
+    } finally {
+      await other.close()
+    }
   })
 
   it('answers 400 naming the problem for a signed body that is not a report', async () => {
