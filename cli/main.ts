@@ -90,7 +90,7 @@ async function runMigrate(): Promise<void> {
   }
   const storage = await openStorage(cfg.clickhouse)
   try {
-    const result = await migrate(storage.client)
+    const result = await migrate(storage.client, undefined, { cluster: cfg.clickhouse.mode === 'server' ? cfg.clickhouse.cluster : undefined })
     for (const name of result.applied) process.stdout.write(`applied  ${name}\n`)
     process.stdout.write(`schema up to date: ${result.applied.length} applied now, ${result.alreadyApplied.length} before\n`)
   } finally {

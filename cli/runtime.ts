@@ -62,7 +62,7 @@ export function createLogger(config: Config): Logger {
 export async function openRuntime(config: Config, log: Logger): Promise<Runtime> {
   const storage = await openStorage(config.clickhouse)
   try {
-    const result = await migrate(storage.client)
+    const result = await migrate(storage.client, undefined, { cluster: config.clickhouse.mode === 'server' ? config.clickhouse.cluster : undefined })
     if (result.applied.length) log.info({ applied: result.applied }, 'migrations applied')
     const recovered = await recoverViews(storage)
     if (recovered.eventIdsRestored || recovered.usageKeyDaysRebuilt || recovered.ratelimitKeyBucketsRebuilt) {

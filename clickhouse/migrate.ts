@@ -51,11 +51,31 @@ export interface MigrationResult {
   alreadyApplied: string[]
 }
 
-export async function migrate(client: ClickHouseClient, migrations = loadMigrations()): Promise<MigrationResult> {
+/**
+ * The statement for a ClickHouse cluster: every table and view created ON CLUSTER, every MergeTree-family engine
+ * replicated (a replica path per table under /clickhouse/tables/{shard}/{database}/, the servers' macros filling in
+ * shard and replica). The migration's checksum stays that of its file.
+ */
+export function forCluster(statement: string, cluster: string): string {
+  if (!/^[A-Za-z0-9_]+$/.test(cluster)) throw new Error(`a cluster name is letters, digits and _: ${JSON.stringify(cluster)}`)
+  // The statement's first words, after its leading comment lines.
+  const created = /^((?:\s*--[^\n]*\n)*\s*CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS\s+)([A-Za-z_][A-Za-z0-9_]*)/i.exec(statement)
+  if (!created) return statement
+  const table = created[2]!
+  return statement
+    .replace(created[0], `${created[1]}${table} ON CLUSTER \`${cluster}\``)
+    .replace(/ENGINE\s*=\s*(Replacing|Aggregating|Summing)?MergeTree(?:\(([^)]*)\))?/, (_m, kind: string | undefined, args: string | undefined) => {
+      const replica = `'/clickhouse/tables/{shard}/{database}/${table}', '{replica}'`
+      return `ENGINE = Replicated${kind ?? ''}MergeTree(${args?.trim() ? `${replica}, ${args.trim()}` : replica})`
+    })
+}
+
+export async function migrate(client: ClickHouseClient, migrations = loadMigrations(), options: { cluster?: string } = {}): Promise<MigrationResult> {
+  const adapt = (statement: string) => (options.cluster ? forCluster(statement, options.cluster) : statement)
   await client.command({
-    query: `CREATE TABLE IF NOT EXISTS schema_migrations
+    query: adapt(`CREATE TABLE IF NOT EXISTS schema_migrations
             (version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3))
-            ENGINE = MergeTree ORDER BY version`,
+            ENGINE = MergeTree ORDER BY version`),
   })
   const recorded = new Map(
     (await queryRows<{ version: number; checksum: string }>(client, 'SELECT version, checksum FROM schema_migrations')).map((r) => [
@@ -71,7 +91,7 @@ export async function migrate(client: ClickHouseClient, migrations = loadMigrati
       result.alreadyApplied.push(m.name)
       continue
     }
-    for (const statement of m.statements) await client.command({ query: statement })
+    for (const statement of m.statements) await client.command({ query: adapt(statement) })
     await client.insert({
       table: 'schema_migrations',
       values: [{ version: m.version, name: m.name, checksum: m.checksum }],

@@ -33,6 +33,7 @@ const envSchema = z.object({
   CLICKHOUSE_USER: z.string().default('default'),
   CLICKHOUSE_PASSWORD: z.string().default(''),
   CLICKHOUSE_DATABASE: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be an identifier ([A-Za-z_][A-Za-z0-9_]*)').default('keywatch'),
+  CLICKHOUSE_CLUSTER: z.string().regex(/^[A-Za-z0-9_]+$/, 'must be the name of a cluster in the servers\' remote_servers').optional(),
   KEYWATCH_DATA_DIR: z.string().min(1).default('./data'),
 
   KAFKA_BROKERS: brokerList.optional(),
@@ -88,7 +89,7 @@ export const ENV_VARIABLES = Object.keys(envSchema.shape)
 
 export interface Config {
   clickhouse:
-    | { mode: 'server'; url: string; user: string; password: string; database: string }
+    | { mode: 'server'; url: string; user: string; password: string; database: string; cluster?: string }
     | { mode: 'embedded'; dataDir: string; database: string }
   kafka?: {
     brokers: string[]
@@ -155,6 +156,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     )
   }
   const e = parsed.data
+  if (e.CLICKHOUSE_CLUSTER && !e.CLICKHOUSE_URL) throw new ConfigError(['CLICKHOUSE_CLUSTER: needs CLICKHOUSE_URL (the embedded engine is a single node)'])
   const topics: Topics = {
     usage: e.KAFKA_TOPIC_USAGE,
     ratelimits: e.KAFKA_TOPIC_RATELIMITS,
@@ -166,7 +168,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
   }
   return {
     clickhouse: e.CLICKHOUSE_URL
-      ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE }
+      ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE, cluster: e.CLICKHOUSE_CLUSTER }
       : { mode: 'embedded', dataDir: resolve(e.KEYWATCH_DATA_DIR), database: e.CLICKHOUSE_DATABASE },
     kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics } : undefined,
     topics,
