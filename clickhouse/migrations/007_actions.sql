@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS actions
     confirmed_by   LowCardinality(String) COMMENT 'http | lifecycle',
     effective_at   Nullable(DateTime64(3, 'UTC')) COMMENT 'when the key service says the key stopped working',
     updated_at     DateTime64(3, 'UTC'),
-    version        UInt64
+    version        UInt64,
+    -- The response engine looks actions up by the finding that caused them.
+    INDEX idx_finding finding_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(requested_at)

@@ -17,7 +17,9 @@ CREATE TABLE IF NOT EXISTS alert_outbox
     next_attempt_at  DateTime64(3, 'UTC'),
     delivered_at     Nullable(DateTime64(3, 'UTC')),
     slack_ts         String COMMENT 'the posted Slack message, so it can be updated',
-    version          UInt64
+    version          UInt64,
+    -- Dedup and message updates look alerts up by finding.
+    INDEX idx_finding finding_id TYPE bloom_filter(0.01) GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(created_at)
