@@ -42,6 +42,9 @@ async function start(): Promise<void> {
     throw err
   }
   await rt.startServices()
+  if (!(await rt.tokens.list()).some((t) => !t.revoked_at)) {
+    log.warn({ hint: 'npx keywatch token create --role admin' }, 'no API tokens yet: create one to use the API and the dashboard')
+  }
   log.info({ url, storage: cfg.clickhouse.mode, kafka: cfg.kafka ? cfg.kafka.brokers : 'off (KAFKA_BROKERS unset)', detectors: rt.detection.list().length }, 'keywatch started')
 
   let stopping = false
