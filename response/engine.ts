@@ -126,7 +126,9 @@ export class ResponseEngine {
     const acting = policy.rules.filter((r) => r.action !== 'alert')
     const candidates = recorded
       .map((r) => r.finding)
-      .filter((f) => f.key_id && f.status !== 'suppressed' && f.status !== 'resolved')
+      // keywatch's own findings (a tripped guard rail) never trigger an action: a rule for every detector must not
+      // revoke the very key a guard rail just held back.
+      .filter((f) => f.key_id && f.status !== 'suppressed' && f.status !== 'resolved' && !f.detector.startsWith('response.'))
       .filter((f) => acting.some((r) => r.detectors.length === 0 || r.detectors.includes(f.detector)))
       .filter((f) => !this.decided.has(f.finding_id))
     if (!candidates.length) return Promise.resolve([])

@@ -236,8 +236,18 @@ export async function createTopics(brokers: string, topics: string[], partitions
     const existing = new Set(await admin.listTopics())
     const missing = [...new Set(topics)].filter((t) => !existing.has(t))
     if (missing.length === 0) return
-    // kafkajs resolves (false) rather than throwing when a topic was created meanwhile by someone else.
-    await admin.createTopics({ waitForLeaders: true, topics: missing.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1 })) })
+    // kafkajs resolves (false) rather than throwing when a topic was created meanwhile by someone else. Right after
+    // creation the broker may still answer "does not host this topic-partition" while leaders settle: ask again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await admin.createTopics({ waitForLeaders: true, topics: missing.map((topic) => ({ topic, numPartitions: partitions, replicationFactor: 1 })) })
+        await admin.fetchTopicMetadata({ topics: missing })
+        return
+      } catch (err) {
+        if (attempt >= 10 || !(err as { retriable?: boolean }).retriable) throw err
+        await new Promise((r) => setTimeout(r, 300 * attempt))
+      }
+    }
   } finally {
     await admin.disconnect()
   }
