@@ -61,8 +61,10 @@ export class Outbox {
     return pending.length
   }
 
-  stop(): void {
+  /** Stops delivering; what was delivered is recorded before it resolves. */
+  async stop(): Promise<void> {
     this.stopped = true
+    await this.flush()
     for (const t of this.timers) clearTimeout(t)
     this.timers.clear()
   }
@@ -102,6 +104,7 @@ export class Outbox {
       if (Date.now() > deadline) return false
       await new Promise((r) => setTimeout(r, 20))
     }
+    await this.flush()
     return true
   }
 
@@ -145,7 +148,7 @@ export class Outbox {
       }
       if (result.ok) {
         const done: OutboxAlert = { ...head, status: 'delivered', attempts: head.attempts + 1, delivered_at: chTime(this.now()), slack_ts: result.slack_ts ?? head.slack_ts, last_error: '' }
-        await this.writeSafely(done)
+        this.noteDelivered(done)
         q.shift()
         this.onDelivered?.(done)
         continue
@@ -156,6 +159,31 @@ export class Outbox {
       await this.writeSafely(retry)
       this.log.warn({ alert: head.alert_id, channel: head.channel, destination: head.destination, attempts: retry.attempts, retry_in_ms: backoff, error: retry.last_error }, 'alert not delivered yet')
     }
+  }
+
+  private delivered: OutboxAlert[] = []
+  private deliveredFlush?: Promise<void>
+
+  /**
+   * Deliveries are recorded in batches (one insert for whatever was delivered meanwhile): a crash before the write
+   * means at worst a duplicate after the restart, never a loss.
+   */
+  private noteDelivered(row: OutboxAlert): void {
+    this.delivered.push(row)
+    this.deliveredFlush ??= new Promise<void>((r) => setTimeout(r, 50)).then(async () => {
+      const rows = this.delivered.splice(0)
+      this.deliveredFlush = undefined
+      try {
+        await this.write(rows)
+      } catch (err) {
+        this.log.error({ alerts: rows.length, err: String(err) }, 'could not record the alerts delivered')
+      }
+    })
+  }
+
+  /** Waits for the recording of deliveries made so far. */
+  async flush(): Promise<void> {
+    while (this.deliveredFlush) await this.deliveredFlush
   }
 
   /** Told of every delivery (the service remembers Slack message timestamps). */

@@ -68,13 +68,18 @@ export class AlertService {
     }
   }
 
+  /** Whether a changed finding has messages to update (Slack is configured). */
+  get updatesMessages(): boolean {
+    return Boolean(this.slack)
+  }
+
   async start(): Promise<void> {
     const resumed = await this.outbox.start()
     if (resumed) this.log.info({ alerts: resumed }, 'delivering alerts left pending by the previous run')
   }
 
   async stop(): Promise<void> {
-    this.outbox.stop()
+    await this.outbox.stop()
     for (const t of this.summaryTimers) clearTimeout(t)
     for (const t of this.digestTasks) await t.stop()
     this.mailer?.close()
@@ -84,7 +89,9 @@ export class AlertService {
   async onFindings(items: FindingAlert[]): Promise<OutboxAlert[]> {
     const wanted = items.filter((i) => i.alert)
     if (!wanted.length) return []
-    const earlier = await this.outbox.forFindings(wanted.map((i) => i.finding.finding_id))
+    // A finding raised just now has no earlier alerts: only the ones that fired before are looked up.
+    const seenBefore = wanted.filter((i) => i.change !== 'new').map((i) => i.finding.finding_id)
+    const earlier = seenBefore.length ? await this.outbox.forFindings(seenBefore) : []
     const since = this.now() - this.config.dedupHours * 3_600_000
     const out: Parameters<Outbox['enqueue']>[0] = []
     for (const { finding, action } of wanted) {

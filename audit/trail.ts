@@ -1,6 +1,6 @@
 // The audit trail as a hash chain in ClickHouse: record n holds sha256(canonical(record n) + hash(n-1)), from a fixed
 // genesis. Changing a record breaks its hash; deleting one leaves a gap in seq and breaks the next record's link;
-// reordering breaks the links. Records are appended by one queue per process (seq is gapless).
+// reordering breaks the links. Records are appended by one writer per process, in batches (seq is gapless).
 import { createHash } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
@@ -33,8 +33,10 @@ export function recordHash(r: Omit<AuditRecord, 'hash'>): string {
 }
 
 export class AuditTrail implements AuditLog {
-  private queue: Promise<unknown> = Promise.resolve()
   private head?: { seq: number; hash: string }
+  /** Entries waiting for the next append; each append writes all that waited, chained in order, in one insert. */
+  private pending: { entry: AuditEntry; at: number; resolve: () => void; reject: (err: unknown) => void }[] = []
+  private appending = false
 
   constructor(
     private readonly client: ClickHouseClient,
@@ -42,27 +44,44 @@ export class AuditTrail implements AuditLog {
   ) {}
 
   record(entry: AuditEntry): Promise<void> {
-    const work = async () => {
-      this.head ??= await this.readHead()
-      const base = {
-        seq: this.head.seq + 1,
-        at: chTime(this.now()),
-        actor: entry.actor,
-        action: entry.action,
-        target: entry.target,
-        request_id: entry.request_id,
-        outcome: entry.outcome,
-        detail: JSON.stringify(entry.detail ?? {}),
-        prev_hash: this.head.hash,
+    return new Promise<void>((resolve, reject) => {
+      this.pending.push({ entry, at: this.now(), resolve, reject })
+      if (!this.appending) void this.append()
+    })
+  }
+
+  private async append(): Promise<void> {
+    this.appending = true
+    while (this.pending.length) {
+      const batch = this.pending.splice(0)
+      try {
+        this.head ??= await this.readHead()
+        let { seq, hash } = this.head
+        const records = batch.map(({ entry, at }) => {
+          const base = {
+            seq: ++seq,
+            at: chTime(at),
+            actor: entry.actor,
+            action: entry.action,
+            target: entry.target,
+            request_id: entry.request_id,
+            outcome: entry.outcome,
+            detail: JSON.stringify(entry.detail ?? {}),
+            prev_hash: hash,
+          }
+          hash = recordHash(base)
+          return { ...base, hash }
+        })
+        await this.client.insert({ table: 'audit_trail', format: 'JSONEachRow', values: records })
+        this.head = { seq, hash }
+        for (const b of batch) b.resolve()
+      } catch (err) {
+        // The insert may or may not have landed: the head is read again before the next append.
+        this.head = undefined
+        for (const b of batch) b.reject(err)
       }
-      const record: AuditRecord = { ...base, hash: recordHash(base) }
-      await this.client.insert({ table: 'audit_trail', format: 'JSONEachRow', values: [record] })
-      this.head = { seq: record.seq, hash: record.hash }
     }
-    const next = this.queue.then(work, work)
-    // A failed append re-reads the head next time (the insert may or may not have landed).
-    this.queue = next.catch(() => (this.head = undefined))
-    return next
+    this.appending = false
   }
 
   /** Walks the whole chain a page at a time (flat memory) and reports the first broken link. */

@@ -105,7 +105,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const alerts = new AlertService(storage.client, config.alerts, log)
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
-    if (!action.requested_by.startsWith('auto:')) return
+    // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.
+    if (!action.requested_by.startsWith('auto:') || action.status === 'requested') return
     void audit
       .record({
         actor: 'keywatch',
@@ -170,7 +171,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       })
       findings.onStatusChange((f) => void alerts.onFindingChanged(f).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
       response.onAction((a) => {
-        if (!a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
+        if (!alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
         void findings
           .list({ finding_id: a.finding_id, limit: 1 })
           .then(([f]) => f && alerts.onFindingChanged(f, { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }))

@@ -69,13 +69,16 @@ const COUNTED: ActionStatus[] = ['requested', 'confirmed', 'failed', 'not_effect
 /** A failed automatic action is tried again on the finding's next run, up to this many attempts. */
 const MAX_AUTO_ATTEMPTS = 3
 const HOUR_MS = 3_600_000
+/** How stale another instance's automatic actions may be in this one's guard-rail counts. */
+const WINDOW_REFRESH_MS = 5_000
 
 type ActionListener = (action: Action) => void
 
 export class ResponseEngine {
   private queue: Promise<unknown> = Promise.resolve()
-  /** Automatic actions that went out in the last hour, for the guard rails (loaded at start, then kept here). */
+  /** Automatic actions that went out in the last hour, for the guard rails (read at each decision, then counted on). */
   private recentAuto: { account_id: string; at: number }[] = []
+  private windowReadAt = 0
   private readonly listeners: ActionListener[] = []
   private watchTimer?: NodeJS.Timeout
   /** Findings already decided in this process (not failed): a finding that fires again is not looked up again. */
@@ -99,12 +102,8 @@ export class ResponseEngine {
     this.listeners.push(listener)
   }
 
-  /** Loads the guard-rail window and starts the minute-by-minute watch of revoked keys. */
+  /** Starts the minute-by-minute watch of revoked keys. */
   async start(): Promise<void> {
-    const since = new Date(this.now() - HOUR_MS)
-    this.recentAuto = (await this.deps.actions.withStatus(COUNTED, since))
-      .filter((a) => a.requested_by.startsWith('auto:'))
-      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z') }))
     this.watchTimer = setInterval(() => {
       void this.checkEffectiveness().catch((err) => this.deps.log.error({ err: String(err) }, 'revocation watch failed'))
     }, 60_000)
@@ -142,6 +141,7 @@ export class ResponseEngine {
     const previous = await this.deps.actions.forFindings(findings.map((f) => f.finding_id))
     const keys = await this.keyFacts(findings.map((f) => f.key_id))
     const paused = await this.isPaused()
+    if (this.now() - this.windowReadAt > WINDOW_REFRESH_MS) await this.loadGuardRailWindow()
     const held: Action[] = []
     const toSend: Action[] = []
     for (const finding of findings) {
@@ -185,6 +185,18 @@ export class ResponseEngine {
     for (const f of findings) this.decided.add(f.finding_id)
     for (const a of held) this.deps.log.warn({ action: a.action_id, key: a.key_prefix, account: a.account_id, status: a.status, detail: a.status_detail }, 'automatic action held')
     return { held, toSend }
+  }
+
+  /**
+   * The automatic actions of the last hour, read from the table every few seconds (and counted on in between): the
+   * rails count what every instance did, and what this one did before a restart.
+   */
+  private async loadGuardRailWindow(): Promise<void> {
+    this.windowReadAt = this.now()
+    const since = new Date(this.now() - HOUR_MS)
+    this.recentAuto = (await this.deps.actions.withStatus(COUNTED, since))
+      .filter((a) => a.requested_by.startsWith('auto:'))
+      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z') }))
   }
 
   /** Why an automatic action must not go out, if it must not. */
@@ -409,6 +421,7 @@ export class ResponseEngine {
       `SELECT value, changed_by, toString(changed_at) AS changed_at FROM response_state FINAL WHERE name = 'paused'`,
     )
     const value = row ? (JSON.parse(row.value) as { paused: boolean; reason: string }) : { paused: false, reason: '' }
+    await this.loadGuardRailWindow()
     const since = this.now() - HOUR_MS
     return {
       mode: this.deps.policy.mode,
