@@ -18,11 +18,27 @@ export function redact(text: string): string {
   return text.replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})[A-Za-z0-9]+/g, '$1…').replace(/\b([0-9a-f]{12})[0-9a-f]{52}\b/g, '$1…')
 }
 
+/**
+ * Slack mrkdwn: `<`, `>` and `&` are control characters. Evidence holds text from outside (a leak report's URL, a
+ * user agent), which must not turn into `<!channel>` pings or disguised links.
+ */
+export function mrkdwn(text: string): string {
+  return text.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;')
+}
+
+/** Block Kit refuses a section over 3,000 characters (invalid_blocks): a long value is cut, never the message. */
+const MAX_EVIDENCE_VALUE = 200
+const MAX_SECTION_TEXT = 2_900
+
+function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text
+}
+
 function evidenceLines(f: Finding): string[] {
   return Object.entries(f.evidence)
     .filter(([, v]) => v !== null && v !== undefined && typeof v !== 'object')
     .slice(0, 12)
-    .map(([k, v]) => redact(`${k.replaceAll('_', ' ')}: ${String(v)}`))
+    .map(([k, v]) => redact(`${k.replaceAll('_', ' ')}: ${clip(String(v), MAX_EVIDENCE_VALUE)}`))
 }
 
 export function actionText(a: ActionNote | undefined): string {
@@ -43,7 +59,7 @@ function offersRevoke(f: Finding, a: ActionNote | undefined): boolean {
 
 export function slackMessage(f: Finding, action: ActionNote | undefined, publicUrl: string): { text: string; blocks: object[] } {
   const subject = f.key_id ? `${String(f.evidence.key_prefix ?? '')} (${f.key_id})`.trim() : f.user_id || f.ip
-  const text = redact(`${f.severity.toUpperCase()} ${f.title} — ${f.account_id}`)
+  const text = mrkdwn(redact(`${f.severity.toUpperCase()} ${f.title} — ${f.account_id}`))
   const buttons: object[] = []
   if (f.status === 'open') {
     buttons.push({ type: 'button', action_id: 'acknowledge', text: { type: 'plain_text', text: 'Acknowledge' }, value: f.finding_id })
@@ -66,14 +82,14 @@ export function slackMessage(f: Finding, action: ActionNote | undefined, publicU
       fields: [
         { type: 'mrkdwn', text: `*Severity*\n${EMOJI[f.severity] ?? ''} ${f.severity}` },
         { type: 'mrkdwn', text: `*Detector*\n\`${f.detector}\`` },
-        { type: 'mrkdwn', text: `*Account*\n${f.account_id}` },
-        { type: 'mrkdwn', text: `*Subject*\n${redact(subject || '—')}` },
-        { type: 'mrkdwn', text: `*Status*\n${f.status}${f.status !== 'open' ? ` by ${f.status_changed_by}` : ''}` },
+        { type: 'mrkdwn', text: `*Account*\n${mrkdwn(f.account_id)}` },
+        { type: 'mrkdwn', text: `*Subject*\n${mrkdwn(redact(subject || '—'))}` },
+        { type: 'mrkdwn', text: `*Status*\n${f.status}${f.status !== 'open' ? ` by ${mrkdwn(f.status_changed_by)}` : ''}` },
         { type: 'mrkdwn', text: `*Seen*\n${f.occurrences}× since ${f.first_seen_at} UTC` },
       ],
     },
-    { type: 'section', text: { type: 'mrkdwn', text: `*Evidence*\n${evidenceLines(f).map((l) => `• ${l}`).join('\n') || '—'}` } },
-    { type: 'section', text: { type: 'mrkdwn', text: `*Action*\n${actionText(action)}` } },
+    { type: 'section', text: { type: 'mrkdwn', text: clip(`*Evidence*\n${evidenceLines(f).map((l) => `• ${mrkdwn(l)}`).join('\n') || '—'}`, MAX_SECTION_TEXT) } },
+    { type: 'section', text: { type: 'mrkdwn', text: `*Action*\n${mrkdwn(actionText(action))}` } },
     { type: 'context', elements: [{ type: 'mrkdwn', text: `<${findingLink(publicUrl, f)}|Open the finding> · ${f.finding_id}` }] },
   ]
   if (buttons.length) blocks.push({ type: 'actions', block_id: `finding:${f.finding_id}`, elements: buttons })
@@ -86,7 +102,7 @@ export function slackSummary(destination: string, count: number, titles: string[
     text,
     blocks: [
       { type: 'section', text: { type: 'mrkdwn', text: `*${count} more alerts* in the minute from ${minute} UTC were held back (per-channel cap):` } },
-      { type: 'section', text: { type: 'mrkdwn', text: titles.slice(0, 10).map((t) => `• ${redact(t)}`).join('\n') + (titles.length > 10 ? `\n…and ${titles.length - 10} more` : '') } },
+      { type: 'section', text: { type: 'mrkdwn', text: clip(titles.slice(0, 10).map((t) => `• ${mrkdwn(redact(clip(t, 200)))}`).join('\n') + (titles.length > 10 ? `\n…and ${titles.length - 10} more` : ''), MAX_SECTION_TEXT) } },
     ],
   }
 }
@@ -119,7 +135,7 @@ export interface Digest {
 export function digestMail(d: Digest, period: 'daily' | 'weekly', publicUrl: string): Mail {
   const section = (title: string, rows: KeyRow[], note: (k: KeyRow) => string) => ({
     text: [`${title} (${rows.length})`, ...rows.map((k) => `  ${k.key_prefix}  ${k.key_id}  ${k.label ?? ''}  ${note(k)}`), ''].join('\n'),
-    html: `<h3>${esc(title)} (${rows.length})</h3>${rows.length ? `<table><tr><th align="left">Key</th><th align="left">Id</th><th align="left">Label</th><th align="left"></th></tr>${rows.map((k) => `<tr><td>${esc(k.key_prefix)}</td><td>${esc(k.key_id)}</td><td>${esc(k.label ?? '')}</td><td>${esc(note(k))}</td></tr>`).join('')}</table>` : '<p>None.</p>'}`,
+    html: `<h3>${esc(title)} (${rows.length})</h3>${rows.length ? `<table><tr><th align="left">Key</th><th align="left">Id</th><th align="left">Label</th><th align="left"></th></tr>${rows.map((k) => `<tr><td>${esc(redact(k.key_prefix))}</td><td>${esc(k.key_id)}</td><td>${esc(redact(k.label ?? ''))}</td><td>${esc(note(k))}</td></tr>`).join('')}</table>` : '<p>None.</p>'}`,
   })
   const parts = [
     section('Stale keys (unused 90 days or more)', d.stale, (k) => (k.last_used_at ? `last used ${k.last_used_at.slice(0, 10)}` : 'never used')),
@@ -131,5 +147,17 @@ export function digestMail(d: Digest, period: 'daily' | 'weekly', publicUrl: str
     subject,
     text: redact([`Key hygiene for ${d.account_id}`, '', ...parts.map((p) => p.text), `${publicUrl.replace(/\/$/, '')}/keys?account=${d.account_id}`].join('\n')),
     html: `<h2>Key hygiene for ${esc(d.account_id)}</h2>${parts.map((p) => p.html).join('')}<p><a href="${esc(`${publicUrl.replace(/\/$/, '')}/keys?account=${d.account_id}`)}">Open the inventory</a></p>`,
+  }
+}
+
+/** The per-minute overflow of a mail destination, summed up in one mail. */
+export function summaryMail(count: number, titles: string[], minute: string): Mail {
+  const head = `${count} more alerts in the minute from ${minute} UTC were held back (per-destination cap)`
+  const shown = titles.slice(0, 50).map((t) => redact(t))
+  const more = titles.length > shown.length ? [`…and ${titles.length - shown.length} more`] : []
+  return {
+    subject: `[keywatch] ${count} more alerts (over the per-minute cap)`,
+    text: [head, '', ...shown.map((t) => `  ${t}`), ...more].join('\n'),
+    html: `<p>${esc(head)}:</p><ul>${shown.map((t) => `<li>${esc(t)}</li>`).join('')}</ul>${more.map((m) => `<p>${esc(m)}</p>`).join('')}`,
   }
 }

@@ -1,7 +1,8 @@
 // The outbox: every alert is written to ClickHouse before it is sent and marked when delivered. One worker per
 // destination sends its alerts in the order they were made; a failure (Slack down, 429, SMTP refusing) keeps the
 // alert at the head of its queue and retries it with backoff (Slack's Retry-After wins) until it goes, restarts
-// included. Nothing is dropped.
+// included. Only an alert the peer refuses for its own content (Slack's invalid_blocks, a recipient the mail server
+// rejects for good) is set aside as `failed`, logged in full at error level, so it cannot hold up every alert behind it.
 import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
@@ -14,7 +15,11 @@ export interface OutboxAlert {
   finding_id: string
   severity: string
   payload: string
-  status: 'pending' | 'delivered'
+  /**
+   * pending -> delivered, or failed (refused for good). held: over its destination's per-minute cap, waiting to be
+   * counted in the minute's summary (kept here so a crash cannot lose it); summarized once the summary is queued.
+   */
+  status: 'pending' | 'delivered' | 'failed' | 'held' | 'summarized'
   attempts: number
   last_error: string
   created_at: string
@@ -23,11 +28,17 @@ export interface OutboxAlert {
   slack_ts: string
 }
 
-/** What a transport says about one attempt. */
-export type Delivery = { ok: true; slack_ts?: string } | { ok: false; error: string; retryAfterMs?: number }
+/**
+ * What a transport says about one attempt. `permanent`: this alert will never be accepted as it is (its content or
+ * its recipient), as opposed to the peer being down, rate limiting or misconfigured, which retrying outlasts.
+ */
+export type Delivery = { ok: true; slack_ts?: string } | { ok: false; error: string; retryAfterMs?: number; permanent?: boolean }
 
 /** Sends one alert; the worker owns retries. */
 export type Transport = (alert: OutboxAlert) => Promise<Delivery>
+
+/** What a caller says about a new alert; the outbox adds ids, times and state. */
+export type NewAlert = Omit<OutboxAlert, 'alert_id' | 'status' | 'attempts' | 'last_error' | 'created_at' | 'next_attempt_at' | 'delivered_at' | 'slack_ts'>
 
 export interface OutboxLogger {
   warn(obj: object, msg?: string): void
@@ -40,7 +51,8 @@ const SELECT = `SELECT alert_id, channel, destination, kind, finding_id, severit
 
 export class Outbox {
   private readonly queues = new Map<string, OutboxAlert[]>()
-  private readonly running = new Set<string>()
+  /** Per destination, the worker currently draining it (stop waits for the attempt in flight). */
+  private readonly running = new Map<string, Promise<void>>()
   private readonly timers = new Set<NodeJS.Timeout>()
   private lastVersion = 0
   private stopped = false
@@ -56,7 +68,9 @@ export class Outbox {
   /** Picks up what a previous run left undelivered, in order. */
   async start(): Promise<number> {
     const pending = await queryRows<OutboxAlert>(this.client, `${SELECT} FROM (SELECT * FROM alert_outbox FINAL WHERE status = 'pending') ORDER BY created_at, alert_id`)
-    for (const a of pending) this.queue(a.channel, a.destination).push({ ...a, attempts: Number(a.attempts) })
+    // A restart is a fresh try: a backoff that grew during a long outage does not carry over.
+    const due = chTime(this.now())
+    for (const a of pending) this.queue(a.channel, a.destination).push({ ...a, attempts: Number(a.attempts), next_attempt_at: due })
     for (const key of this.queues.keys()) this.kick(key)
     return pending.length
   }
@@ -64,20 +78,26 @@ export class Outbox {
   /** Stops delivering; what was delivered is recorded before it resolves. */
   async stop(): Promise<void> {
     this.stopped = true
-    await this.flush()
     for (const t of this.timers) clearTimeout(t)
     this.timers.clear()
+    // An attempt in flight finishes and is recorded (else a delivered alert would be sent again after the restart).
+    await Promise.allSettled([...this.running.values()])
+    await this.flush()
   }
 
   /** Records alerts (durably) and queues them for delivery. */
-  async enqueue(alerts: Omit<OutboxAlert, 'alert_id' | 'status' | 'attempts' | 'last_error' | 'created_at' | 'next_attempt_at' | 'delivered_at' | 'slack_ts'>[]): Promise<OutboxAlert[]> {
-    if (!alerts.length) return []
+  async enqueue(alerts: NewAlert[]): Promise<OutboxAlert[]> {
+    return this.commit(this.make(alerts))
+  }
+
+  /** New rows for these alerts, not written yet: `commit` writes them (with others) in one insert. */
+  make(alerts: NewAlert[], status: 'pending' | 'held' = 'pending'): OutboxAlert[] {
     const at = this.now()
-    const rows: OutboxAlert[] = alerts.map((a) => ({
+    return alerts.map((a) => ({
       ...a,
       // Ordered ids: the alerts of one call keep their order under ORDER BY created_at, alert_id after a restart.
       alert_id: `alr_${at.toString(36)}_${String(this.seq++).padStart(6, '0')}_${randomUUID().slice(0, 8)}`,
-      status: 'pending',
+      status,
       attempts: 0,
       last_error: '',
       created_at: chTime(at),
@@ -85,10 +105,21 @@ export class Outbox {
       delivered_at: null,
       slack_ts: '',
     }))
+  }
+
+  /** Writes rows in one insert (new ones, or new states of held ones), then queues the pending ones for delivery. */
+  async commit(rows: OutboxAlert[]): Promise<OutboxAlert[]> {
+    if (!rows.length) return []
     await this.write(rows)
-    for (const r of rows) this.queue(r.channel, r.destination).push(r)
-    for (const r of rows) this.kick(`${r.channel}\u0000${r.destination}`)
-    return rows
+    const pending = rows.filter((r) => r.status === 'pending')
+    for (const r of pending) this.queue(r.channel, r.destination).push(r)
+    for (const r of pending) this.kick(`${r.channel}\u0000${r.destination}`)
+    return pending
+  }
+
+  /** Alerts held over a cap and not summed up yet (a previous run stopped before the end of their minute). */
+  async held(): Promise<OutboxAlert[]> {
+    return queryRows<OutboxAlert>(this.client, `${SELECT} FROM (SELECT * FROM alert_outbox FINAL WHERE status = 'held') ORDER BY created_at, alert_id`)
   }
 
   /** Alerts already made for these findings (for dedup and for updating their Slack messages). */
@@ -122,23 +153,43 @@ export class Outbox {
   /** One worker per destination: head of line first, so a destination's alerts arrive in order. */
   private kick(key: string): void {
     if (this.running.has(key) || this.stopped) return
-    this.running.add(key)
-    void this.drain(key).finally(() => this.running.delete(key))
+    const worker = this.drain(key).then(
+      (next) => next,
+      (err: unknown) => {
+        this.log.error({ destination: key.replace('\u0000', ':'), err: String(err) }, 'alert worker failed')
+        return 'retry' as const
+      },
+    )
+    this.running.set(
+      key,
+      worker.then((next) => {
+        this.running.delete(key)
+        // An alert queued while this worker was finishing found it still running: it would wait for the next one.
+        if (next === 'empty' && this.queues.get(key)?.length) this.kick(key)
+        if (next === 'retry') this.after(1_000, key)
+      }),
+    )
   }
 
-  private async drain(key: string): Promise<void> {
+  /** Comes back to a destination later; the worker slot is released meanwhile. */
+  private after(ms: number, key: string): void {
+    if (this.stopped) return
+    const t = setTimeout(() => {
+      this.timers.delete(t)
+      this.kick(key)
+    }, ms)
+    this.timers.add(t)
+  }
+
+  /** Sends a destination's alerts in order; 'waiting' when the head is not due yet (a timer comes back for it). */
+  private async drain(key: string): Promise<'empty' | 'waiting'> {
     const q = this.queues.get(key)!
     while (q.length && !this.stopped) {
       const head = q[0]!
       const wait = Date.parse(head.next_attempt_at.replace(' ', 'T') + 'Z') - this.now()
       if (wait > 0) {
-        // Come back when it is due; the worker slot is released meanwhile.
-        const t = setTimeout(() => {
-          this.timers.delete(t)
-          this.kick(key)
-        }, wait)
-        this.timers.add(t)
-        return
+        this.after(wait, key)
+        return 'waiting'
       }
       let result: Delivery
       try {
@@ -153,12 +204,21 @@ export class Outbox {
         this.onDelivered?.(done)
         continue
       }
+      if (result.permanent) {
+        const failed: OutboxAlert = { ...head, status: 'failed', attempts: head.attempts + 1, last_error: result.error.slice(0, 500) }
+        q.shift()
+        await this.writeSafely(failed)
+        // In full in the log: whoever reads it can still act on the alert.
+        this.log.error({ alert: head.alert_id, channel: head.channel, destination: head.destination, kind: head.kind, finding: head.finding_id, error: failed.last_error, payload: head.payload }, 'alert refused for good; set aside so the alerts behind it go')
+        continue
+      }
       const backoff = result.retryAfterMs ?? BACKOFF_MS[Math.min(head.attempts, BACKOFF_MS.length - 1)]!
       const retry: OutboxAlert = { ...head, attempts: head.attempts + 1, last_error: result.error.slice(0, 500), next_attempt_at: chTime(this.now() + backoff) }
       q[0] = retry
       await this.writeSafely(retry)
       this.log.warn({ alert: head.alert_id, channel: head.channel, destination: head.destination, attempts: retry.attempts, retry_in_ms: backoff, error: retry.last_error }, 'alert not delivered yet')
     }
+    return 'empty'
   }
 
   private delivered: OutboxAlert[] = []

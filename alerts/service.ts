@@ -6,11 +6,11 @@ import { WebClient, type WebAPICallError } from '@slack/web-api'
 import cron, { type ScheduledTask } from 'node-cron'
 import nodemailer, { type Transporter } from 'nodemailer'
 import { listKeys } from '../api/keys.ts'
-import type { ClickHouseClient } from '../clickhouse/client.ts'
+import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
-import { digestMail, findingMail, slackMessage, slackSummary, type ActionNote, type Mail } from './messages.ts'
-import { Outbox, type Delivery, type OutboxAlert, type OutboxLogger } from './outbox.ts'
+import { digestMail, findingMail, slackMessage, slackSummary, summaryMail, type ActionNote, type Mail } from './messages.ts'
+import { Outbox, type Delivery, type NewAlert, type OutboxAlert, type OutboxLogger } from './outbox.ts'
 import { destinationsFor, type Routes } from './routing.ts'
 
 export interface AlertsConfig {
@@ -38,6 +38,8 @@ interface Payload {
   mail?: Mail
   /** For an update: which finding's messages to replace. */
   update_of?: string
+  /** The finding's title, for a summary that counts this alert in. */
+  title?: string
 }
 
 export class AlertService {
@@ -46,8 +48,13 @@ export class AlertService {
   private readonly mailer?: Transporter
   /** Posted Slack messages per finding: channel -> ts (updated in place when the finding changes). */
   private readonly posted = new Map<string, Map<string, string>>()
-  /** Per destination, the alerts of the current minute and what spilled over. */
-  private readonly minute = new Map<string, { minute: number; sent: number; overflow: string[] }>()
+  /** Per destination, the alerts of the current minute and what spilled over (held in the outbox meanwhile). */
+  private readonly minute = new Map<string, MinuteState>()
+  /**
+   * The last alert per finding and destination made by this process: two runs reporting the same finding at the
+   * same moment both read the outbox before either wrote, and would both alert.
+   */
+  private readonly lastAlerted = new Map<string, { at: number; rank: number }>()
   private readonly summaryTimers = new Set<NodeJS.Timeout>()
   private digestTasks: ScheduledTask[] = []
 
@@ -76,12 +83,20 @@ export class AlertService {
   async start(): Promise<void> {
     const resumed = await this.outbox.start()
     if (resumed) this.log.info({ alerts: resumed }, 'delivering alerts left pending by the previous run')
+    await this.summarizeLeftovers()
   }
 
+  /** Summaries are queued (durably) before the outbox stops: what was held back is counted, not forgotten. */
   async stop(): Promise<void> {
-    await this.outbox.stop()
     for (const t of this.summaryTimers) clearTimeout(t)
+    this.summaryTimers.clear()
     for (const t of this.digestTasks) await t.stop()
+    try {
+      await this.flushSummaries()
+    } catch (err) {
+      this.log.error({ err: String(err) }, 'could not queue the alert summaries; the held alerts are summed up at the next start')
+    }
+    await this.outbox.stop()
     this.mailer?.close()
   }
 
@@ -93,23 +108,62 @@ export class AlertService {
     const seenBefore = wanted.filter((i) => i.change !== 'new').map((i) => i.finding.finding_id)
     const earlier = seenBefore.length ? await this.outbox.forFindings(seenBefore) : []
     const since = this.now() - this.config.dedupHours * 3_600_000
-    const out: Parameters<Outbox['enqueue']>[0] = []
+    this.forgetBefore(since)
+    const send: NewAlert[] = []
+    const noted: string[] = []
+    const hold: { alert: NewAlert; title: string; destination: string }[] = []
     for (const { finding, action } of wanted) {
       for (const d of destinationsFor(this.config.routes, finding, { slack: Boolean(this.slack), email: Boolean(this.mailer) })) {
         // One alert per finding and destination per dedup window, unless the severity rose since the last one.
-        const last = earlier.filter((a) => a.finding_id === finding.finding_id && a.channel === d.channel && a.destination === d.destination && a.kind === 'finding').at(-1)
-        if (last && msOf(last.created_at) > since && SEVERITY_RANK[finding.severity] <= SEVERITY_RANK[last.severity as Severity]) continue
-        if (!this.withinCap(`${d.channel}:${d.destination}`, finding.title)) continue
-        out.push({ channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action)) })
+        const dedupKey = `${finding.finding_id}\u0000${d.channel}:${d.destination}`
+        const last = this.lastAlertOf(dedupKey, earlier, finding.finding_id, d)
+        const rank = SEVERITY_RANK[finding.severity]
+        if (last && last.at > since && rank <= last.rank) continue
+        const alert: NewAlert = { channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action)) }
+        if (this.withinCap(`${d.channel}:${d.destination}`)) {
+          this.lastAlerted.set(dedupKey, { at: this.now(), rank })
+          noted.push(dedupKey)
+          send.push(alert)
+        } else {
+          hold.push({ alert, title: finding.title, destination: `${d.channel}:${d.destination}` })
+        }
       }
     }
-    return this.outbox.enqueue(out)
+    const sendRows = this.outbox.make(send)
+    const heldRows = this.outbox.make(hold.map((h) => h.alert), 'held')
+    // Held alerts are counted into their minute only once they are on disk with the rest.
+    let sent: OutboxAlert[]
+    try {
+      sent = await this.outbox.commit([...sendRows, ...heldRows])
+    } catch (err) {
+      for (const k of noted) this.lastAlerted.delete(k) // not recorded, so not alerted: the next run tries again
+      throw err
+    }
+    hold.forEach((h, i) => this.overflow(h.destination, heldRows[i]!, h.title))
+    return sent
+  }
+
+  /** The newer of what this process alerted and what the outbox holds (another process, before a restart). */
+  private lastAlertOf(dedupKey: string, earlier: OutboxAlert[], findingId: string, d: { channel: string; destination: string }): { at: number; rank: number } | undefined {
+    const stored = earlier
+      .filter((a) => a.finding_id === findingId && a.channel === d.channel && a.destination === d.destination && a.kind === 'finding' && a.status !== 'held' && a.status !== 'summarized')
+      .at(-1)
+    const fromStore = stored && { at: msOf(stored.created_at), rank: SEVERITY_RANK[stored.severity as Severity] ?? 0 }
+    const inMemory = this.lastAlerted.get(dedupKey)
+    if (!fromStore) return inMemory
+    if (!inMemory) return fromStore
+    return inMemory.at >= fromStore.at ? inMemory : fromStore
+  }
+
+  private forgetBefore(since: number): void {
+    if (this.lastAlerted.size < 10_000) return
+    for (const [k, v] of this.lastAlerted) if (v.at <= since) this.lastAlerted.delete(k)
   }
 
   /** A finding changed (acknowledged, suppressed, resolved, or its key was revoked): its Slack messages are updated. */
   async onFindingChanged(finding: Finding, action?: ActionNote): Promise<OutboxAlert[]> {
     if (!this.slack) return []
-    const posted = (await this.outbox.forFindings([finding.finding_id])).filter((a) => a.channel === 'slack' && a.kind === 'finding')
+    const posted = (await this.outbox.forFindings([finding.finding_id])).filter((a) => a.channel === 'slack' && a.kind === 'finding' && (a.status === 'pending' || a.status === 'delivered'))
     const channels = [...new Set(posted.map((a) => a.destination))]
     return this.outbox.enqueue(
       channels.map((destination) => ({
@@ -123,20 +177,28 @@ export class AlertService {
     )
   }
 
-  /** Builds and queues one account's digest to the given recipients. */
-  async sendDigest(accountId: string, recipients: string[], period: 'daily' | 'weekly'): Promise<OutboxAlert[]> {
+  /**
+   * Builds and queues one account's digest to the given recipients. `skipEmpty`: nothing to report sends nothing
+   * (the `*` entries, which would otherwise mail every account's all-clear).
+   */
+  async sendDigest(accountId: string, recipients: string[], period: 'daily' | 'weekly', opts: { skipEmpty?: boolean } = {}): Promise<OutboxAlert[]> {
+    // The same definitions as the key.stale and key.rotation_* detectors (api/keys.ts shares their thresholds).
     const base = { account: accountId, limit: 10_000, offset: 0 }
     const [stale, overdue, dueSoon] = await Promise.all([
       listKeys(this.client, { ...base, stale: true }),
       listKeys(this.client, { ...base, overdue: true }),
       listKeys(this.client, { ...base, due_soon: true }),
     ])
+    if (opts.skipEmpty && stale.total + overdue.total + dueSoon.total === 0) return []
+    for (const [what, list] of [['stale', stale], ['overdue', overdue], ['due soon', dueSoon]] as const) {
+      if (list.total > list.keys.length) this.log.warn({ account: accountId, what, listed: list.keys.length, total: list.total }, 'digest lists only the first keys')
+    }
     const mail = digestMail({ account_id: accountId, stale: stale.keys, overdue: overdue.keys, dueSoon: dueSoon.keys }, period, this.config.publicUrl)
     const channel = this.mailer ? ('email' as const) : ('log' as const)
     return this.outbox.enqueue([{ channel, destination: channel === 'email' ? recipients.join(',') : 'digests', kind: 'digest', finding_id: '', severity: 'info', payload: JSON.stringify({ mail } satisfies Payload) }])
   }
 
-  /** Daily digests at 08:00 UTC, weekly ones on Mondays; `*` sends one per account that has keys. */
+  /** Daily digests at 08:00 UTC, weekly ones on Mondays; `*` sends one per account that has something to report. */
   scheduleDigests(): void {
     for (const period of ['daily', 'weekly'] as const) {
       const entries = this.config.routes.digests.filter((d) => d.every === period)
@@ -153,35 +215,47 @@ export class AlertService {
 
   async runDigests(entries: Routes['digests'], period: 'daily' | 'weekly'): Promise<void> {
     for (const entry of entries) {
-      const accounts = entry.account === '*' ? (await listKeys(this.client, { limit: 10_000, offset: 0 })).keys.map((k) => k.account_id) : [entry.account]
-      for (const account of new Set(accounts)) await this.sendDigest(account, entry.email, period)
+      const every = entry.account === '*'
+      const accounts = every ? await this.accountsWithKeys() : [entry.account]
+      for (const account of accounts) await this.sendDigest(account, entry.email, period, { skipEmpty: every })
     }
+  }
+
+  private async accountsWithKeys(): Promise<string[]> {
+    const rows = await queryRows<{ account_id: string }>(this.client, 'SELECT DISTINCT account_id FROM key_inventory ORDER BY account_id')
+    return rows.map((r) => r.account_id)
   }
 
   private payload(channel: OutboxAlert['channel'], f: Finding, action: ActionNote | undefined): Payload {
-    if (channel === 'email') return { mail: findingMail(f, action, this.config.publicUrl) }
-    return { slack: slackMessage(f, action, this.config.publicUrl) }
+    if (channel === 'email') return { mail: findingMail(f, action, this.config.publicUrl), title: f.title }
+    return { slack: slackMessage(f, action, this.config.publicUrl), title: f.title }
   }
 
-  /** The per-destination cap: past it, a finding is counted into the minute's summary instead of sent. */
-  private withinCap(destination: string, title: string): boolean {
+  /** The per-destination cap: true while the destination's minute has room (the slot is taken). */
+  private withinCap(destination: string): boolean {
     const minute = Math.floor(this.now() / 60_000)
     let m = this.minute.get(destination)
-    if (!m || m.minute !== minute) this.minute.set(destination, (m = { minute, sent: 0, overflow: [] }))
-    if (m.sent < this.config.maxPerMinute) {
-      m.sent++
-      return true
+    if (!m || m.minute !== minute) {
+      // A minute that ended with its overflow not summed up yet: summed up now (its timer, due about now, finds it done).
+      if (m?.overflow.length) void this.sendSummary(destination, m).catch((err) => this.log.error({ err: String(err) }, 'could not queue the alert summary'))
+      this.minute.set(destination, (m = { minute, sent: 0, overflow: [] }))
     }
+    if (m.sent >= this.config.maxPerMinute) return false
+    m.sent++
+    return true
+  }
+
+  /** Counts a held alert into its minute's summary, sent at the end of the minute. */
+  private overflow(destination: string, row: OutboxAlert, title: string): void {
+    const m = this.minute.get(destination)!
     if (m.overflow.length === 0) {
-      const state = m
       const t = setTimeout(() => {
         this.summaryTimers.delete(t)
-        void this.sendSummary(destination, state).catch((err) => this.log.error({ err: String(err) }, 'could not queue the alert summary'))
-      }, (minute + 1) * 60_000 - this.now())
+        void this.sendSummary(destination, m).catch((err) => this.log.error({ err: String(err) }, 'could not queue the alert summary'))
+      }, Math.max(0, (m.minute + 1) * 60_000 - this.now()))
       this.summaryTimers.add(t)
     }
-    m.overflow.push(title)
-    return false
+    m.overflow.push({ row, title })
   }
 
   /** Sends the held-back count now (tests and shutdown use it; the timer does at the end of the minute). */
@@ -189,14 +263,37 @@ export class AlertService {
     for (const [destination, state] of this.minute) if (state.overflow.length) await this.sendSummary(destination, state)
   }
 
-  private async sendSummary(destination: string, state: { minute: number; overflow: string[] }): Promise<void> {
+  /** One summary for a minute's held alerts, written together with their new state (summarized). */
+  private async sendSummary(destination: string, state: Pick<MinuteState, 'minute' | 'overflow'>): Promise<void> {
     if (!state.overflow.length) return
-    const titles = state.overflow.splice(0)
+    const held = state.overflow.splice(0)
+    try {
+      await this.outbox.commit([...this.outbox.make([this.summaryAlert(destination, state.minute, held.map((h) => h.title))]), ...held.map((h) => ({ ...h.row, status: 'summarized' as const }))])
+    } catch (err) {
+      state.overflow.unshift(...held) // still held, on disk and here: the next flush or start counts them
+      throw err
+    }
+  }
+
+  private summaryAlert(destination: string, minute: number, titles: string[]): NewAlert {
     const [channel, ...rest] = destination.split(':')
-    const at = new Date(state.minute * 60_000).toISOString().slice(11, 16)
-    const summary = slackSummary(rest.join(':'), titles.length, titles, at)
-    const payload: Payload = channel === 'email' ? { mail: { subject: `[keywatch] ${summary.text}`, text: `${summary.text}\n\n${titles.join('\n')}`, html: `<p>${summary.text}</p>` } } : { slack: summary }
-    await this.outbox.enqueue([{ channel: channel as OutboxAlert['channel'], destination: rest.join(':'), kind: 'summary', finding_id: '', severity: 'info', payload: JSON.stringify(payload) }])
+    const at = new Date(minute * 60_000).toISOString().slice(11, 16)
+    const payload: Payload = channel === 'email' ? { mail: summaryMail(titles.length, titles, at) } : { slack: slackSummary(rest.join(':'), titles.length, titles, at) }
+    return { channel: channel as OutboxAlert['channel'], destination: rest.join(':'), kind: 'summary', finding_id: '', severity: 'info', payload: JSON.stringify(payload) }
+  }
+
+  /** Alerts a previous run held over a cap and stopped before summing up (a crash): summed up now, per minute. */
+  private async summarizeLeftovers(): Promise<void> {
+    const groups = new Map<string, { destination: string; minute: number; overflow: MinuteState['overflow'] }>()
+    for (const row of await this.outbox.held()) {
+      const minute = Math.floor(msOf(row.created_at) / 60_000)
+      const key = `${row.channel}:${row.destination}\u0000${minute}`
+      let g = groups.get(key)
+      if (!g) groups.set(key, (g = { destination: `${row.channel}:${row.destination}`, minute, overflow: [] }))
+      g.overflow.push({ row, title: titleOf(row) })
+    }
+    for (const g of groups.values()) await this.sendSummary(g.destination, g)
+    if (groups.size) this.log.info({ summaries: groups.size }, 'summed up the alerts the previous run held over the cap')
   }
 
   private remember(findingId: string, channel: string, ts: string): void {
@@ -223,8 +320,14 @@ export class AlertService {
       const answer = await this.slack.chat.postMessage({ channel: alert.destination, text: payload.slack!.text, blocks: payload.slack!.blocks as never, unfurl_links: false })
       return { ok: true, slack_ts: answer.ts }
     } catch (err) {
-      const e = err as WebAPICallError & { retryAfter?: number; statusCode?: number }
-      return { ok: false, error: `slack: ${e.code ?? ''} ${e.message}`.trim(), retryAfterMs: typeof e.retryAfter === 'number' ? e.retryAfter * 1000 : undefined }
+      const e = err as WebAPICallError & { retryAfter?: number; statusCode?: number; data?: { error?: string } }
+      const slackError = e.data?.error ?? ''
+      return {
+        ok: false,
+        error: `slack: ${e.code ?? ''} ${e.message}`.trim(),
+        retryAfterMs: typeof e.retryAfter === 'number' ? e.retryAfter * 1000 : undefined,
+        permanent: e.code === 'slack_webapi_platform_error' && SLACK_REFUSES_THIS_MESSAGE.has(slackError),
+      }
     }
   }
 
@@ -232,10 +335,15 @@ export class AlertService {
     if (!this.mailer || !this.config.smtp) return { ok: false, error: 'SMTP is not configured' }
     const { mail } = JSON.parse(alert.payload) as Payload
     try {
-      await this.mailer.sendMail({ from: this.config.smtp.from, to: alert.destination.split(','), subject: mail!.subject, text: mail!.text, html: mail!.html })
+      const sent = (await this.mailer.sendMail({ from: this.config.smtp.from, to: alert.destination.split(','), subject: mail!.subject, text: mail!.text, html: mail!.html })) as { rejected?: unknown[] }
+      if (sent.rejected?.length) this.log.warn({ alert: alert.alert_id, rejected: sent.rejected.map(String) }, 'the mail server refused some recipients of an alert')
       return { ok: true }
     } catch (err) {
-      return { ok: false, error: `smtp: ${(err as Error).message}` }
+      const e = err as Error & { code?: string; responseCode?: number }
+      // Refused for good: every recipient (550-553) or the message itself (554 at DATA). Auth and connection
+      // failures are the server's or the configuration's, and retrying outlasts them.
+      const refused = (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && (e.responseCode === undefined || e.responseCode >= 500)
+      return { ok: false, error: `smtp: ${e.message}`, permanent: refused }
     }
   }
 
@@ -245,6 +353,24 @@ export class AlertService {
     this.log.warn({ alert: alert.alert_id, kind: alert.kind, finding: alert.finding_id, severity: alert.severity, text: payload.slack?.text ?? payload.mail?.subject }, 'alert')
     return { ok: true }
   }
+}
+
+/**
+ * Slack errors about one message that no retry changes (a malformed or oversized message, a message that is gone or
+ * too old to edit). Errors about the channel or the token (channel_not_found, not_in_channel, invalid_auth) are not
+ * here: every alert to that channel waits, in order, until someone fixes the app or the route.
+ */
+const SLACK_REFUSES_THIS_MESSAGE = new Set(['invalid_blocks', 'invalid_blocks_format', 'msg_too_long', 'no_text', 'invalid_arguments', 'too_many_attachments', 'message_not_found', 'cant_update_message', 'edit_window_closed'])
+
+interface MinuteState {
+  minute: number
+  sent: number
+  overflow: { row: OutboxAlert; title: string }[]
+}
+
+function titleOf(row: OutboxAlert): string {
+  const p = JSON.parse(row.payload) as Payload
+  return p.title ?? p.mail?.subject ?? row.finding_id
 }
 
 function msOf(chDateTime: string): number {

@@ -47,7 +47,9 @@ export async function statsRoutes(app: FastifyInstance, deps: { client: ClickHou
     return {
       alerts: rows.map(({ payload, ...r }) => {
         const p = JSON.parse(payload) as { slack?: { text: string }; mail?: { subject: string } }
-        return { ...r, text: p.slack?.text ?? p.mail?.subject ?? '' }
+        // Slack's text is mrkdwn-escaped; the page shows it as plain text.
+        const text = p.slack ? p.slack.text.replaceAll('&lt;', '<').replaceAll('&gt;', '>').replaceAll('&amp;', '&') : (p.mail?.subject ?? '')
+        return { ...r, text }
       }),
     }
   })

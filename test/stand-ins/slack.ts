@@ -1,5 +1,7 @@
 // An HTTP server on loopback standing in for Slack's Web API (the client's `slackApiUrl`): it records every call
-// with its decoded fields, answers like Slack, and can be told to answer 429 with Retry-After, or 500, for a while.
+// with its decoded fields, answers like Slack, and can be told to answer 429 with Retry-After, or 500, for a while,
+// or an error of Slack's own (`{ ok: false, error }` with 200). Like Slack, it refuses Block Kit over its limits
+// (invalid_blocks): a section's text over 3,000 characters, a field's over 2,000, a header's over 150.
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 
@@ -14,8 +16,10 @@ export interface SlackCall {
 export interface SlackStandIn {
   apiUrl: string
   calls: SlackCall[]
-  /** Answers to give before the real ones: 429 (with Retry-After seconds) or 500. */
-  script: ({ status: 429; retryAfter: number } | { status: 500 })[]
+  /** Answers to give before the real ones: 429 (with Retry-After seconds), 500, or a Slack error such as invalid_blocks. */
+  script: ({ status: 429; retryAfter: number } | { status: 500 } | { status: 200; error: string })[]
+  /** Calls refused (a scripted Slack error, or blocks over Slack's limits), with the error given. */
+  refused: (SlackCall & { error: string })[]
   /** While true, every call gets 500. */
   down: boolean
   close(): Promise<void>
@@ -23,7 +27,7 @@ export interface SlackStandIn {
 
 export async function startSlackStandIn(): Promise<SlackStandIn> {
   let ts = 1_700_000_000
-  const state: Omit<SlackStandIn, 'apiUrl' | 'close'> = { calls: [], script: [], down: false }
+  const state: Omit<SlackStandIn, 'apiUrl' | 'close'> = { calls: [], refused: [], script: [], down: false }
   const server = createServer((req, res) => {
     let body = ''
     req.on('data', (d) => (body += d))
@@ -35,7 +39,13 @@ export async function startSlackStandIn(): Promise<SlackStandIn> {
       const scripted = state.script.shift()
       if (scripted?.status === 429) return reply(429, { ok: false, error: 'ratelimited' }, { 'retry-after': String(scripted.retryAfter) })
       if (scripted?.status === 500) return reply(500, { ok: false, error: 'internal_error' })
-      state.calls.push({ method, at: Date.now(), token: String(req.headers.authorization ?? ''), fields, blocks: fields.blocks ? JSON.parse(fields.blocks) : undefined })
+      const call: SlackCall = { method, at: Date.now(), token: String(req.headers.authorization ?? ''), fields, blocks: fields.blocks ? JSON.parse(fields.blocks) : undefined }
+      const error = scripted?.status === 200 ? scripted.error : blocksOverLimits(call.blocks) ? 'invalid_blocks' : undefined
+      if (error) {
+        state.refused.push({ ...call, error })
+        return reply(200, { ok: false, error })
+      }
+      state.calls.push(call)
       if (method === 'chat.postMessage') return reply(200, { ok: true, channel: fields.channel, ts: `${ts++}.000100` })
       if (method === 'chat.update') return reply(200, { ok: true, channel: fields.channel, ts: fields.ts })
       reply(200, { ok: false, error: 'unknown_method' })
@@ -45,5 +55,14 @@ export async function startSlackStandIn(): Promise<SlackStandIn> {
   return Object.assign(state, {
     apiUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/api/`,
     close: () => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))),
+  })
+}
+
+function blocksOverLimits(blocks: unknown): boolean {
+  if (!Array.isArray(blocks)) return false
+  return blocks.some((b: { type?: string; text?: { text?: string }; fields?: { text?: string }[] }) => {
+    const text = b.text?.text ?? ''
+    if (b.type === 'header') return text.length > 150
+    return text.length > 3_000 || (b.fields ?? []).some((f) => (f.text ?? '').length > 2_000)
   })
 }

@@ -1,4 +1,5 @@
-// A real SMTP server on loopback (the smtp-server package) that parses what it receives (mailparser).
+// A real SMTP server on loopback (the smtp-server package) that parses what it receives (mailparser). Recipients in
+// `refuse` are refused for good (550), like a mailbox that does not exist.
 import type { AddressInfo } from 'node:net'
 import { simpleParser, type ParsedMail } from 'mailparser'
 import { SMTPServer } from 'smtp-server'
@@ -6,15 +7,22 @@ import { SMTPServer } from 'smtp-server'
 export interface SmtpStandIn {
   url: string
   mails: ParsedMail[]
+  /** Addresses answered with 550 at RCPT TO. */
+  refuse: Set<string>
   close(): Promise<void>
 }
 
 export async function startSmtpStandIn(): Promise<SmtpStandIn> {
   const mails: ParsedMail[] = []
+  const refuse = new Set<string>()
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ['STARTTLS'],
     logger: false,
+    onRcptTo(address, _session, done) {
+      if (!refuse.has(address.address)) return done()
+      done(Object.assign(new Error(`mailbox ${address.address} unavailable`), { responseCode: 550 }))
+    },
     onData(stream, _session, done) {
       simpleParser(stream).then(
         (mail) => {
@@ -27,5 +35,5 @@ export async function startSmtpStandIn(): Promise<SmtpStandIn> {
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
   const port = (server.server.address() as AddressInfo).port
-  return { url: `smtp://127.0.0.1:${port}`, mails, close: () => new Promise<void>((r) => server.close(() => r())) }
+  return { url: `smtp://127.0.0.1:${port}`, mails, refuse, close: () => new Promise<void>((r) => server.close(() => r())) }
 }
