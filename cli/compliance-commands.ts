@@ -82,7 +82,10 @@ async function runVerifyAudit(): Promise<void> {
     async (call) => (await call<VerifyResult>('GET', '/v1/audit/verify')).json,
     (rt) => rt.audit.verify(),
   )
-  if (result.ok) process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}\n`)
+  if (result.ok) {
+    process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}\n`)
+    process.stdout.write(`signed checkpoints cover records 1-${result.signed_through}; ${result.unsigned} newer ones are protected by the chain only until the next checkpoint\n`)
+  }
   else {
     process.stdout.write(`BROKEN at record ${result.seq} (${result.problem}): ${result.message}\n${result.records} records before it are intact\n`)
     process.exitCode = 1

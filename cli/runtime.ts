@@ -101,7 +101,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   detection.onRun((run) => metrics.detectorRun(run))
   findingsListeners.push((recorded) => metrics.findingsRecorded(recorded))
   response.onAction((action) => metrics.action(action))
-  const audit = new AuditTrail(storage.client)
+  // The export signing key also signs the audit trail's checkpoints: a rewrite inside ClickHouse cannot forge them.
+  let signingKey: KeyObject | undefined
+  const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
+  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
   const alerts = new AlertService(storage.client, config.alerts, log)
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
@@ -135,7 +138,6 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       .catch((err) => log.error({ err: String(err), detector: 'leak.public_report' }, 'leak detection failed'))
   })
   let started = false
-  let signingKey: KeyObject | undefined
   let stopExports: (() => Promise<void>) | undefined
   return {
     config,
@@ -151,7 +153,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     metrics,
     audit,
     alerts,
-    exportSigningKey: () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile)),
+    exportSigningKey: signer,
     version: VERSION,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
@@ -183,7 +185,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       })
       detection.schedule()
       if (config.exports.scheduled) {
-        stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile)), version: VERSION, log })
+        stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
       }
     },
     async close() {
@@ -192,6 +194,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       await stopExports?.()
       await response.stop()
       await alerts.stop()
+      await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
       await sender.close?.()
       await storage.close()
     },

@@ -3,6 +3,7 @@
 // who and when) signed with Ed25519, which `keywatch verify-export` checks offline.
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
 import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { open } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -36,6 +37,11 @@ export interface Manifest {
   generated_by: string
   generated_at: string
   keywatch_version: string
+  /**
+   * The head of keywatch's own audit trail when the export was made: signed here and kept by the auditor, it
+   * anchors the chain outside ClickHouse (`AuditTrail.verify({ anchors })` checks the chain still has it).
+   */
+  audit_head: { seq: number; hash: string } | null
   signature: { algorithm: 'Ed25519'; public_key: string; key_fingerprint: string; value: string }
 }
 
@@ -99,12 +105,59 @@ export async function exportToFile(storage: Storage, request: ExportRequest, out
     action: request.filter.action ?? '',
   }
   const query = datasetQuery(request.dataset, request.format)
-  const [counted] = await queryRows<{ n: number }>(storage.client, `SELECT count() AS n FROM (${query})`, params)
+  // The head of keywatch's own audit trail at the snapshot, signed below: an anchor outside ClickHouse.
+  const [auditHead] = await queryRows<{ seq: number; hash: string }>(storage.client, 'SELECT seq, hash FROM audit_trail ORDER BY seq DESC LIMIT 1')
+  // A Parquet file's rows are counted by a query when the engine cannot read the file back (a server elsewhere).
+  const counted = request.format === 'parquet' && storage.mode === 'server' ? await queryRows<{ n: number }>(storage.client, `SELECT count() AS n FROM (${query})`, params) : []
   mkdirSync(dirname(outPath), { recursive: true })
+  const watch = onProgress && watchSize(outPath, onProgress)
+  try {
+    await writeExport(storage, query, params, request.format, outPath)
+  } finally {
+    if (watch) clearInterval(watch)
+  }
+  const { sha256, bytes, rows: textRows } = await digest(outPath, request.format)
+  onProgress?.(bytes)
+  const rows = textRows ?? (counted[0] ? Number(counted[0].n) : await parquetRows(storage, outPath))
+  const publicKey = createPublicKey(signingKey)
+  const unsigned: Omit<Manifest, 'signature'> = {
+    manifest_version: 1,
+    export_id: request.exportId ?? `exp_${createHash('sha256').update(`${outPath}${snapshot}${sha256}`).digest('hex').slice(0, 20)}`,
+    dataset: request.dataset,
+    format: request.format,
+    range: { from: new Date(from).toISOString(), to: new Date(to).toISOString() },
+    filters: { account: request.filter.account ?? null, actor: request.filter.actor ?? null, action: request.filter.action ?? null },
+    snapshot_at: new Date(snapshot).toISOString(),
+    rows,
+    bytes,
+    sha256,
+    file: outPath.split('/').pop()!,
+    generated_by: request.actor,
+    generated_at: new Date().toISOString(),
+    keywatch_version: version,
+    audit_head: auditHead ? { seq: Number(auditHead.seq), hash: auditHead.hash } : null,
+  }
+  const manifest: Manifest = {
+    ...unsigned,
+    signature: {
+      algorithm: 'Ed25519',
+      public_key: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+      key_fingerprint: fingerprint(publicKey),
+      value: sign(null, signedBytes(unsigned), signingKey).toString('base64'),
+    },
+  }
+  writeFileSync(`${outPath}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n')
+  return manifest
+}
+
+/** The engine writes the file itself when it runs in this process; a server streams it here. */
+async function writeExport(storage: Storage, query: string, params: Record<string, string>, format: ExportFormat, outPath: string): Promise<void> {
   if (storage.mode === 'embedded') {
+    // chdb's client connection materialises a whole result before handing it over, so the export is not read
+    // through it: the engine writes the file (INSERT INTO FUNCTION file), block by block.
     await storage.client.command({
       query: `INSERT INTO FUNCTION file({out:String}, {format:String}) ${query}`,
-      query_params: { ...params, out: outPath, format: CLICKHOUSE_FORMAT[request.format] },
+      query_params: { ...params, out: outPath, format: CLICKHOUSE_FORMAT[format] },
       // The engine runs in this process: a sort that outgrows 64 MB spills to disk, and Parquet's row groups stay
       // small, so the export's memory stays flat however many rows it has.
       clickhouse_settings: {
@@ -121,49 +174,69 @@ export async function exportToFile(storage: Storage, request: ExportRequest, out
       } as never,
     })
   } else {
-    const result = await storage.client.exec({ query: `${query} FORMAT ${CLICKHOUSE_FORMAT[request.format]}`, query_params: params })
+    const result = await storage.client.exec({ query: `${query} FORMAT ${CLICKHOUSE_FORMAT[format]}`, query_params: params })
     await pipeline(result.stream as unknown as Readable, createWriteStream(outPath))
   }
-  const { sha256, bytes } = await digest(outPath, onProgress)
-  const publicKey = createPublicKey(signingKey)
-  const unsigned: Omit<Manifest, 'signature'> = {
-    manifest_version: 1,
-    export_id: request.exportId ?? `exp_${createHash('sha256').update(`${outPath}${snapshot}${sha256}`).digest('hex').slice(0, 20)}`,
-    dataset: request.dataset,
-    format: request.format,
-    range: { from: new Date(from).toISOString(), to: new Date(to).toISOString() },
-    filters: { account: request.filter.account ?? null, actor: request.filter.actor ?? null, action: request.filter.action ?? null },
-    snapshot_at: new Date(snapshot).toISOString(),
-    rows: Number(counted?.n ?? 0),
-    bytes,
-    sha256,
-    file: outPath.split('/').pop()!,
-    generated_by: request.actor,
-    generated_at: new Date().toISOString(),
-    keywatch_version: version,
-  }
-  const manifest: Manifest = {
-    ...unsigned,
-    signature: {
-      algorithm: 'Ed25519',
-      public_key: publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-      key_fingerprint: fingerprint(publicKey),
-      value: sign(null, signedBytes(unsigned), signingKey).toString('base64'),
-    },
-  }
-  writeFileSync(`${outPath}.manifest.json`, JSON.stringify(manifest, null, 2) + '\n')
-  return manifest
 }
 
-async function digest(path: string, onProgress?: (bytes: number) => void): Promise<{ sha256: string; bytes: number }> {
+/** Reports the file's size as the engine writes it. */
+function watchSize(path: string, onProgress: (bytes: number) => void): NodeJS.Timeout {
+  return setInterval(() => {
+    try {
+      onProgress(statSync(path).size)
+    } catch {
+      // Not created yet.
+    }
+  }, 250)
+}
+
+/** A Parquet file's row count, from its footer (the engine reads only the metadata). */
+async function parquetRows(storage: Storage, path: string): Promise<number> {
+  const [row] = await queryRows<{ n: number }>(storage.client, `SELECT count() AS n FROM file({p:String}, 'Parquet')`, { p: path })
+  return Number(row?.n ?? 0)
+}
+
+/**
+ * One pass over the file: its SHA-256, its size and, for text formats, its rows. The rows are counted in the file,
+ * not by a second query, so the manifest always agrees with the file. An NDJSON row is a line; a CSV row ends at a
+ * line break outside quotes (a quoted cell may hold line breaks; a quote inside one is doubled, RFC 4180).
+ */
+async function digest(path: string, format?: ExportFormat): Promise<{ sha256: string; bytes: number; rows?: number }> {
   const hash = createHash('sha256')
   let bytes = 0
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
-    hash.update(chunk as Buffer)
-    bytes += (chunk as Buffer).length
-    onProgress?.(bytes)
+  let lines = 0
+  let quoted = false
+  // One buffer, reused: a stream would allocate a new one per chunk and leave them to the garbage collector, which
+  // lets tens of MB of them pile up over a multi-GB file.
+  const buf = Buffer.allocUnsafe(1 << 20)
+  const file = await open(path, 'r')
+  try {
+    for (;;) {
+      const { bytesRead } = await file.read(buf, 0, buf.length, null)
+      if (bytesRead === 0) break
+      const chunk = buf.subarray(0, bytesRead)
+      hash.update(chunk)
+      bytes += bytesRead
+      if (format === 'ndjson') lines += countByte(chunk, 10)
+      else if (format === 'csv') {
+        for (let i = 0; i < bytesRead; i++) {
+          const b = chunk[i]!
+          if (b === 34) quoted = !quoted
+          else if (b === 10 && !quoted) lines++
+        }
+      }
+    }
+  } finally {
+    await file.close()
   }
-  return { sha256: hash.digest('hex'), bytes }
+  const rows = format === 'ndjson' ? lines : format === 'csv' ? Math.max(0, lines - 1) : undefined
+  return { sha256: hash.digest('hex'), bytes, rows }
+}
+
+function countByte(buf: Buffer, byte: number): number {
+  let n = 0
+  for (let i = buf.indexOf(byte); i !== -1; i = buf.indexOf(byte, i + 1)) n++
+  return n
 }
 
 export interface VerifyOutcome {
@@ -189,13 +262,9 @@ export async function verifyExport(file: string, manifestPath: string, trustedPu
   if (!existsSync(file)) return { ok: false, problems: [`no file ${file}`], signedBy: '', trustedKey: false }
   const size = statSync(file).size
   if (size !== manifest.bytes) problems.push(`size: the file has ${size} bytes, the manifest says ${manifest.bytes}`)
-  const { sha256 } = await digest(file)
+  const { sha256, rows } = await digest(file, manifest.format)
   if (sha256 !== manifest.sha256) problems.push(`sha256: the file hashes to ${sha256}, the manifest says ${manifest.sha256}`)
-  if (manifest.format === 'ndjson' || manifest.format === 'csv') {
-    const rows = (await countLines(file)) - (manifest.format === 'csv' ? 1 : 0)
-    if (rows !== manifest.rows && manifest.format === 'ndjson') problems.push(`rows: the file has ${rows} lines, the manifest says ${manifest.rows} rows`)
-    if (manifest.format === 'csv' && rows < manifest.rows) problems.push(`rows: the file has ${rows} lines after its header, fewer than the ${manifest.rows} rows of the manifest`)
-  }
+  if (rows !== undefined && rows !== manifest.rows) problems.push(`rows: the file has ${rows} rows, the manifest says ${manifest.rows}`)
   let signedBy = ''
   let trustedKey = false
   try {
@@ -208,10 +277,4 @@ export async function verifyExport(file: string, manifestPath: string, trustedPu
     problems.push(`signature: cannot be checked: ${(err as Error).message}`)
   }
   return { ok: problems.length === 0, problems, signedBy, trustedKey }
-}
-
-async function countLines(path: string): Promise<number> {
-  let n = 0
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) for (const b of chunk as Buffer) if (b === 10) n++
-  return n
 }

@@ -34,7 +34,8 @@ beforeAll(async () => {
     lifecycle(shop, 'revoked', ago(now, { hours: 1 }), { reason: 'leaked' }),
     lifecycle(other, 'created', ago(now, { hours: 6 }), { secret_sha256: sha256('s2') }),
     ...Array.from({ length: 50 }, (_, i) => usage(shop, ago(now, { minutes: 100 + i }), { user_agent: i === 0 ? '=HYPERLINK("http://evil.example","x")' : 'paykore-node/3.2.1' })),
-    ...Array.from({ length: 20 }, (_, i) => usage(other, ago(now, { minutes: 100 + i }))),
+    // A cell with a line break and quotes: a CSV row is not a line.
+    ...Array.from({ length: 20 }, (_, i) => usage(other, ago(now, { minutes: 100 + i }), i === 0 ? { user_agent: 'curl/8.0 "probe"\nsecond line' } : {})),
   ]
   const { rejections } = await rt.pipeline.ingest(events.map((e) => ({ raw: Buffer.from(JSON.stringify(e)), origin: { source: 'file' as const } })))
   expect(rejections.map((r) => r.detail)).toEqual([])
@@ -90,6 +91,22 @@ describe('key usage', () => {
     expect(evil).not.toMatch(/,"=HYPERLINK/)
   })
 
+  it('counts CSV rows, not lines, when a cell holds a line break; a removed row is named', async () => {
+    const m = await exportTo('other.csv', 'key-usage', 'csv', { account: other.account_id })
+    const text = readFileSync(join(out, 'other.csv'), 'utf8')
+    expect(text.trim().split('\n')).toHaveLength(22) // header, 20 rows, one of them on two lines
+    expect(text).toContain('"curl/8.0 ""probe""\nsecond line"')
+    expect(m.rows).toBe(20)
+    expect(await verifyExport(join(out, 'other.csv'), join(out, 'other.csv.manifest.json'))).toMatchObject({ ok: true })
+    const lines = text.split('\n')
+    writeFileSync(join(out, 'other-cut.csv'), [...lines.slice(0, -2), ''].join('\n'))
+    expect((await verifyExport(join(out, 'other-cut.csv'), join(out, 'other.csv.manifest.json'))).problems).toEqual([
+      expect.stringMatching(/^size: /),
+      expect.stringMatching(/^sha256: /),
+      'rows: the file has 19 rows, the manifest says 20',
+    ])
+  })
+
   it('exports as Parquet that reads back whole', async () => {
     const m = await exportTo('usage.parquet', 'key-usage', 'parquet')
     const [back] = await queryRows<{ n: number; keys: number }>(rt.storage.client, `SELECT count() AS n, uniqExact(key_id) AS keys FROM file({p:String}, 'Parquet')`, { p: join(out, 'usage.parquet') })
@@ -112,8 +129,10 @@ describe('key usage', () => {
                      concat('req_', toString(number)), 'GET', '/v1/payments', 'payments', 200, '10.0.0.1'
               FROM numbers(200000)`,
     })
-    const m = await exportTo('bulk.ndjson', 'key-usage', 'ndjson', { account: 'acct_Bulk0001' })
+    const progress: number[] = []
+    const m = await exportToFile(rt.storage, { dataset: 'key-usage', format: 'ndjson', filter: { from, to, account: 'acct_Bulk0001' }, actor: 'cli:tester' }, join(out, 'bulk.ndjson'), rt.exportSigningKey(), rt.version, (bytes) => progress.push(bytes))
     expect(m.rows).toBe(200_000)
+    expect(progress.at(-1)).toBe(m.bytes)
     expect(await verifyExport(join(out, 'bulk.ndjson'), join(out, 'bulk.ndjson.manifest.json'))).toMatchObject({ ok: true })
   })
 })
@@ -128,6 +147,9 @@ describe('the manifest', () => {
     const file = readFileSync(join(out, 'signed.csv'))
     expect(m).toMatchObject({ dataset: 'security-log', format: 'csv', bytes: file.length, sha256: createHash('sha256').update(file).digest('hex'), generated_by: 'cli:tester', signature: { algorithm: 'Ed25519' } })
     expect(m.range).toEqual({ from: new Date(from).toISOString(), to: new Date(to).toISOString() })
+    // The audit trail's head, signed in the manifest, anchors the chain outside ClickHouse.
+    expect(m.audit_head).toEqual(await rt.audit.currentHead())
+    expect(await rt.audit.verify({ anchors: [{ ...m.audit_head!, source: `manifest ${m.export_id}` }] })).toMatchObject({ ok: true })
     const publicKey = readFileSync(rt.config.exports.signingKeyFile.replace(/\.pem$/, '.pub.pem'), 'utf8')
     expect(await verifyExport(join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), publicKey)).toMatchObject({ ok: true, trustedKey: true })
   })
@@ -139,8 +161,10 @@ describe('the manifest', () => {
     expect(changedFile.ok).toBe(false)
     expect(changedFile.problems.join('\n')).toMatch(/size: .*\n.*sha256: /)
 
-    // Fixing the manifest's hash and size to match breaks its signature.
-    const forged = { ...m, bytes: readFileSync(join(out, 'tampered.csv')).length, sha256: createHash('sha256').update(readFileSync(join(out, 'tampered.csv'))).digest('hex') }
+    expect(changedFile.problems.at(-1)).toBe(`rows: the file has ${m.rows + 1} rows, the manifest says ${m.rows}`)
+
+    // Fixing the manifest's hash, size and rows to match breaks its signature.
+    const forged = { ...m, rows: m.rows + 1, bytes: readFileSync(join(out, 'tampered.csv')).length, sha256: createHash('sha256').update(readFileSync(join(out, 'tampered.csv'))).digest('hex') }
     writeFileSync(join(out, 'forged.manifest.json'), JSON.stringify(forged))
     expect((await verifyExport(join(out, 'tampered.csv'), join(out, 'forged.manifest.json'))).problems).toEqual([expect.stringMatching(/^signature: does not match/)])
 
