@@ -33,6 +33,7 @@ const mode = z.enum(['live', 'test'])
 const ip = z.string().max(45).refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address')
 const country = z.string().regex(/^[A-Z]{2}$/, 'must be an ISO 3166 alpha-2 code')
 const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'must be lower-case hex SHA-256')
+const memberRole = z.enum(['owner', 'admin', 'developer', 'viewer'])
 const scopes = z
   .array(
     z.object({
@@ -120,6 +121,9 @@ export const authEventSchema = z.object({
   reason: z.string().max(128).nullable().optional(),
   target_user_id: z.string().max(128).nullable().optional(),
   key_id: keyId.nullable().optional(),
+  /** member.invited / member.role_changed: the role given; member.role_changed: the role before. */
+  role: memberRole.nullable().optional(),
+  previous_role: memberRole.nullable().optional(),
 })
 
 const lifecycleActions = ['created', 'rotated', 'rolled_back', 'reset', 'revoked', 'expired', 'scopes_changed'] as const
@@ -133,7 +137,13 @@ export const keyLifecycleSchema = z
     key_kind: keyKind,
     mode,
     action: z.enum(lifecycleActions),
-    actor: z.object({ type: z.enum(['user', 'system', 'monitor']), id: z.string().max(128).nullable() }),
+    actor: z.object({
+      type: z.enum(['user', 'system', 'monitor']),
+      id: z.string().max(128).nullable(),
+      // The acting member's role at that moment, and whether they passed an OTP step-up (user actors only).
+      role: memberRole.nullable().optional(),
+      step_up: z.enum(['otp', 'none']).nullable().optional(),
+    }),
     label: z.string().max(200).nullable().optional(),
     scopes: scopes.optional(),
     expires_at: dateTime.nullable().optional(),
@@ -170,6 +180,8 @@ export const leakReportedSchema = z
     token_type: z.string().max(128).optional(),
     source: z.string().max(64),
     url: z.string().max(2048).nullable().optional(),
+    /** When the secret first became public, if the reporter knows: the exposure window starts here. */
+    exposed_since: dateTime.nullable().optional(),
   })
   .superRefine((e, ctx) => {
     // oneOf: exactly one of token / token_sha256.
