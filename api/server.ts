@@ -9,7 +9,7 @@ import fastifyStatic from '@fastify/static'
 import rateLimit from '@fastify/rate-limit'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod'
 import type { AuditLog } from '../audit/audit-log.ts'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
@@ -82,7 +82,7 @@ const NDJSON_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/plain'
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   // Requests are not logged one by one (the audit trail and the metrics cover them); failures are.
-  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID(), disableRequestLogging: true })
+  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID(), logController: new LogController({ disableRequestLogging: true }) })
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 

@@ -1,4 +1,5 @@
 // What every command that touches data shares: the config, a logger, storage (migrated) and the ingest pipeline.
+import pinoPretty from 'pino-pretty'
 import pino, { type Logger } from 'pino'
 import { openStorage, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
@@ -54,9 +55,16 @@ export interface Runtime {
 
 export type FindingsListener = (recorded: Recorded[]) => void | Promise<void>
 
-/** Logs go to stderr as JSON lines, leaving stdout to command output. */
+/**
+ * Logs go to stderr, leaving stdout to command output: JSON lines for machines, or, on a terminal (or with
+ * LOG_FORMAT=pretty), one coloured line per event for the person reading it.
+ */
 export function createLogger(config: Config): Logger {
-  return pino({ level: config.logLevel, base: { service: 'keywatch' } }, pino.destination({ fd: 2, sync: false }))
+  const options = { level: config.logLevel, base: { service: 'keywatch' } }
+  const pretty = config.logFormat === 'pretty' || (config.logFormat === 'auto' && process.stderr.isTTY)
+  if (!pretty) return pino(options, pino.destination({ fd: 2, sync: false }))
+  // In-process stream, not a worker transport: nothing is lost when a command exits right after logging.
+  return pino(options, pinoPretty({ destination: 2, colorize: process.stderr.isTTY, ignore: 'pid,hostname,service', translateTime: 'SYS:HH:MM:ss.l', singleLine: true }))
 }
 
 export async function openRuntime(config: Config, log: Logger): Promise<Runtime> {

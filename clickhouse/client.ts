@@ -3,7 +3,6 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createClient, type ClickHouseClient } from '@clickhouse/client'
-import type { Config } from '../config/config.ts'
 
 export type { ClickHouseClient }
 
@@ -36,7 +35,12 @@ export interface Storage {
   close(): Promise<void>
 }
 
-export async function openStorage(config: Config['clickhouse']): Promise<Storage> {
+/** Where the tables live: a ClickHouse server, or the embedded engine in a data directory. Owned here, read by config. */
+export type ClickHouseConfig =
+  | { mode: 'server'; url: string; user: string; password: string; database: string; cluster?: string }
+  | { mode: 'embedded'; dataDir: string; database: string }
+
+export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
   if (config.mode === 'server') {
     // The database may not exist yet: create it with a client that does not select it.
     const bootstrap = createClient({ url: config.url, username: config.user, password: config.password })

@@ -8,6 +8,7 @@ import { defaultRoutes, readRoutes } from '../alerts/routing.ts'
 import type { AlertsConfig } from '../alerts/service.ts'
 import { userRolesSchema } from '../alerts/interactions.ts'
 import type { Role } from '../api/tokens.ts'
+import type { ClickHouseConfig } from '../clickhouse/client.ts'
 
 const port = z.coerce.number({ error: 'must be a port number (0-65535)' }).int('must be a port number (0-65535)').min(0, 'must be a port number (0-65535)').max(65535, 'must be a port number (0-65535)')
 const positiveInt = z.coerce.number({ error: 'must be a positive integer' }).int('must be a positive integer').positive('must be a positive integer')
@@ -80,6 +81,8 @@ const envSchema = z.object({
   API_RATE_LIMIT_PER_MINUTE: positiveInt.default(600),
   METRICS_PORT: port.optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** auto: readable lines on a terminal, JSON lines otherwise. */
+  LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
 })
 
 export type Env = z.input<typeof envSchema>
@@ -88,9 +91,7 @@ export type Env = z.input<typeof envSchema>
 export const ENV_VARIABLES = Object.keys(envSchema.shape)
 
 export interface Config {
-  clickhouse:
-    | { mode: 'server'; url: string; user: string; password: string; database: string; cluster?: string }
-    | { mode: 'embedded'; dataDir: string; database: string }
+  clickhouse: ClickHouseConfig
   kafka?: {
     brokers: string[]
     clientId: string
@@ -116,6 +117,7 @@ export interface Config {
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
+  logFormat: z.infer<typeof envSchema>['LOG_FORMAT']
 }
 
 export interface Topics {
@@ -189,6 +191,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
     githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],
     logLevel: e.LOG_LEVEL,
+    logFormat: e.LOG_FORMAT,
   }
 }
 

@@ -83,22 +83,35 @@ async function route() {
   }
 }
 
+// opts.window = { from, to, step } (unix seconds): the x-axis spans the requested window, and a bucket with no
+// rows is drawn as zero instead of a line jumping over it.
 function chart(el, title, xs, series, opts = {}) {
   const colors = ['#3b5bdb', '#e8590c', '#2f9e44', '#c92a2a', '#7048e8', '#1098ad']
   const width = Math.max(320, el.clientWidth - 8)
+  let data = [xs, ...series.map((s) => s.values)]
+  if (opts.window) data = fillBuckets(xs, series, opts.window)
   new uPlot(
     {
       title,
       width,
       height: 220,
-      scales: { x: { time: true } },
+      scales: { x: { time: true, ...(opts.window ? { range: () => [opts.window.from, opts.window.to] } : {}) } },
       series: [{}, ...series.map((s, i) => ({ label: s.label, stroke: colors[i % colors.length], width: 2, ...(opts.fill ? { fill: `${colors[i % colors.length]}22` } : {}) }))],
       axes: [{}, { size: 60 }],
     },
-    [xs, ...series.map((s) => s.values)],
+    data,
     el,
   )
 }
+
+function fillBuckets(xs, series, { from, to, step }) {
+  const at = new Map(xs.map((x, i) => [x, i]))
+  const grid = []
+  for (let t = Math.floor(from / step) * step; t <= to; t += step) grid.push(t)
+  return [grid, ...series.map((s) => grid.map((t) => (at.has(t) ? s.values[at.get(t)] : 0)))]
+}
+
+const windowOf = (ms, step) => ({ from: Math.floor((Date.now() - ms) / 1000), to: Math.floor(Date.now() / 1000), step })
 
 const seconds = (chTime) => Date.parse(`${chTime.replace(' ', 'T')}Z`) / 1000
 
@@ -121,10 +134,10 @@ async function overview() {
   const minutes = [...new Set(o.events_per_minute.map((r) => r.minute))].sort()
   const types = [...new Set(o.events_per_minute.map((r) => r.type))].sort()
   if (minutes.length) {
-    chart(document.getElementById('events-chart'), 'Events per minute by type', minutes.map(seconds), types.map((t) => ({ label: t, values: minutes.map((m) => Number(o.events_per_minute.find((r) => r.minute === m && r.type === t)?.events ?? 0)) })))
+    chart(document.getElementById('events-chart'), 'Events per minute by type', minutes.map(seconds), types.map((t) => ({ label: t, values: minutes.map((m) => Number(o.events_per_minute.find((r) => r.minute === m && r.type === t)?.events ?? 0)) })), { window: windowOf(3600000, 60) })
   } else document.getElementById('events-chart').innerHTML = '<p class="muted">No events in the last hour.</p>'
   if (o.rate_limited_per_hour.length) {
-    chart(document.getElementById('ratelimit-chart'), '429 rate per hour (%)', o.rate_limited_per_hour.map((r) => seconds(r.hour)), [{ label: '429 %', values: o.rate_limited_per_hour.map((r) => (Number(r.requests) ? (100 * Number(r.rate_limited)) / Number(r.requests) : 0)) }], { fill: true })
+    chart(document.getElementById('ratelimit-chart'), '429 rate per hour (%)', o.rate_limited_per_hour.map((r) => seconds(r.hour)), [{ label: '429 %', values: o.rate_limited_per_hour.map((r) => (Number(r.requests) ? (100 * Number(r.rate_limited)) / Number(r.requests) : 0)) }], { fill: true, window: windowOf(86400000, 3600) })
   } else document.getElementById('ratelimit-chart').innerHTML = '<p class="muted">No requests in the last 24 hours.</p>'
 }
 
@@ -167,8 +180,9 @@ async function keys(query = '') {
 }
 
 async function keyPage(id) {
+  const usageWindow = windowOf(2 * 86400000, 3600)
   const [detail, exposure] = await Promise.all([
-    api(`/v1/keys/${id}?interval=hour&from=${new Date(Date.now() - 2 * 86400000).toISOString()}`),
+    api(`/v1/keys/${id}?interval=hour&from=${new Date(usageWindow.from * 1000).toISOString()}`),
     api(`/v1/keys/${id}/exposure?from=${new Date(Date.now() - 30 * 86400000).toISOString()}`),
   ])
   const k = detail.key
@@ -195,7 +209,7 @@ async function keyPage(id) {
       { label: 'accepted', values: series.map((p) => Number(p.accepted)) },
       { label: 'refused', values: series.map((p) => Number(p.requests) - Number(p.accepted)) },
       { label: '429', values: series.map((p) => Number(p.rate_limited)) },
-    ])
+    ], { window: usageWindow })
   } else document.getElementById('usage-chart').innerHTML = '<p class="muted">No requests in the last 2 days.</p>'
   document.getElementById('revoke')?.addEventListener('click', async () => {
     const reason = prompt(`Revoke ${k.key_prefix}? Say why:`)
