@@ -1,6 +1,7 @@
 // Step one of every way in (Kafka, file, HTTP): raw bytes -> a valid contract event, or a rejection saying why.
 import { z } from 'zod'
 import { inboundSchemas, MAX_FUTURE_SKEW_MS, MAX_MESSAGE_BYTES, type InboundEvent, type InboundType } from '../contract/events.ts'
+import { compileFastCheck, type FastCheck } from './fast-check.ts'
 
 export type RejectReason = 'too_large' | 'invalid_json' | 'unknown_type' | 'schema_violation' | 'future_timestamp' | 'wrong_topic'
 
@@ -9,6 +10,12 @@ export type Decoded =
   | { ok: false; reason: RejectReason; detail: string; eventId?: string; eventType?: string }
 
 const decoder = new TextDecoder('utf-8', { fatal: true })
+
+// Checks compiled from the zod schemas (ingest/fast-check.ts); types it cannot compile are checked by zod alone.
+const fastChecks = Object.fromEntries(Object.entries(inboundSchemas).map(([type, schema]) => [type, compileFastCheck(schema)])) as Record<
+  InboundType,
+  FastCheck | undefined
+>
 
 /**
  * Validates one message against the contract.
@@ -44,11 +51,17 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
   if (expectedType && eventType !== expectedType) {
     return { ok: false, reason: 'wrong_topic', detail: `a ${eventType} event on the topic of ${expectedType} events`, eventId, eventType }
   }
-  const parsed = inboundSchemas[eventType].safeParse(record)
-  if (!parsed.success) {
-    return { ok: false, reason: 'schema_violation', detail: describeIssues(parsed.error), eventId, eventType }
+  // The compiled check accepts exactly what zod accepts; a rejection goes to zod for its full description.
+  const fast = fastChecks[eventType]?.(record)
+  let event: InboundEvent
+  if (fast?.ok) event = fast.value as InboundEvent
+  else {
+    const parsed = inboundSchemas[eventType].safeParse(record)
+    if (!parsed.success) {
+      return { ok: false, reason: 'schema_violation', detail: describeIssues(parsed.error), eventId, eventType }
+    }
+    event = parsed.data as InboundEvent
   }
-  const event = parsed.data as InboundEvent
   const skew = Date.parse(event.occurred_at) - now
   if (skew > MAX_FUTURE_SKEW_MS) {
     return {
