@@ -1,0 +1,57 @@
+// Storage.insertRows, the ingest hot path's insert, on the embedded engine: one block per call, deduplicated by its
+// token in the raw table and every view, errors with the engine's message, no file left behind.
+import { readdirSync } from 'node:fs'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { Storage } from '../clickhouse/client.ts'
+import { usageEvent } from '../contract/synthetic.ts'
+import { toRow } from '../ingest/rows.ts'
+import { count, openTestStorage, tempDir } from './helpers.ts'
+
+let storage: Storage
+beforeAll(async () => {
+  storage = await openTestStorage(tempDir())
+})
+afterAll(async () => {
+  await storage?.close()
+})
+
+const now = Date.now()
+const rows = (from: number, n: number) => Array.from({ length: n }, (_, i) => toRow('key.usage', usageEvent(from + i, { to: now - 60_000 })).values)
+const spoolFiles = () => readdirSync('/dev/shm').filter((d) => d.startsWith(`keywatch-insert-${process.pid}-`)).flatMap((d) => readdirSync(`/dev/shm/${d}`))
+
+describe('insertRows (embedded)', () => {
+  it('stores a batch once, in the raw table and every rollup, however often it is sent with its token', async () => {
+    const batch = rows(0, 5_000)
+    const settings = { insert_deduplication_token: 'batch-a', deduplicate_blocks_in_dependent_materialized_views: 1 }
+    await storage.insertRows('key_usage', batch, settings)
+    await storage.insertRows('key_usage', batch, settings) // a retry of an insert that did land
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(5_000)
+    expect(await count(storage, 'SELECT count() AS n FROM event_ids')).toBe(5_000)
+    expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_hourly')).toBe(5_000)
+    expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_daily')).toBe(5_000)
+    expect(await count(storage, 'SELECT sum(requests) AS n FROM key_last_used')).toBe(5_000)
+    // Another token is another batch, stored as such.
+    await storage.insertRows('key_usage', rows(5_000, 10), { ...settings, insert_deduplication_token: 'batch-b' })
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(5_010)
+    expect(spoolFiles()).toEqual([])
+  })
+
+  it('keeps values exactly as the rows carry them', async () => {
+    const [row] = rows(10_000, 1)
+    row!.user_agent = 'quote " backslash \\ tab \t line\nunicode é ☃'
+    await storage.insertRows('key_usage', [row!], { insert_deduplication_token: 'one-row' })
+    const [stored] = await (
+      await storage.client.query({ query: 'SELECT user_agent, toString(occurred_at) AS at, latency_ms FROM key_usage WHERE event_id = {id:UUID}', query_params: { id: row!.event_id }, format: 'JSONEachRow' })
+    ).json<{ user_agent: string; at: string; latency_ms: number }>()
+    expect(stored).toEqual({ user_agent: row!.user_agent, at: row!.occurred_at, latency_ms: row!.latency_ms })
+  })
+
+  it("fails with the engine's message when a row does not fit its column, and stores nothing of the batch", async () => {
+    const batch = rows(20_000, 100)
+    batch[50]!.status = 'not a number'
+    const before = await count(storage, 'SELECT count() AS n FROM key_usage')
+    await expect(storage.insertRows('key_usage', batch, { insert_deduplication_token: 'bad' })).rejects.toThrow(/status|parse|UInt16/i)
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before)
+    expect(spoolFiles()).toEqual([])
+  })
+})
