@@ -48,7 +48,7 @@ const envSchema = z.object({
   KAFKA_TOPIC_COMMANDS: topic.default('apikey.commands'),
   KAFKA_TOPIC_DEAD_LETTER: topic.default('keywatch.deadletter'),
 
-  INGEST_BATCH_MAX_ROWS: positiveInt.default(20_000),
+  INGEST_BATCH_MAX_ROWS: positiveInt.default(100_000),
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
 
