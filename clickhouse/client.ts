@@ -32,7 +32,8 @@ export interface Storage {
    * Bulk insert for the ingest hot path; every row has the same keys in the same order, one block per call (so
    * `insert_deduplication_token` covers exactly these rows). Sent as JSONCompactEachRow (arrays: a quarter less to
    * parse than objects). Embedded, the batch is written to a file in memory (/dev/shm) and read by
-   * `INSERT … SELECT FROM file()`, which costs the engine about half of the same bytes sent inline; on a server it
+   * `INSERT … SELECT FROM file()`, which costs the engine about half of the same bytes sent inline (small batches
+   * still go inline); on a server it
    * is `client.insert`. Errors carry the engine's message.
    */
   insertRows(table: string, rows: Record<string, unknown>[], settings: Record<string, string | number>): Promise<void>
@@ -88,6 +89,7 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
   // part of the data (seen after a crash: a lookup missing stored events). Wait until everything is loaded.
   const tables = await queryRows<{ name: string }>(client, "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'")
   for (const { name } of tables) await client.command({ query: 'SYSTEM WAIT LOADING PARTS {table:Identifier}', query_params: { table: name } })
+  const engine = connection.chdb
   const spool = await insertSpool()
   const structures = new Map<string, Promise<string>>()
   let sequence = 0
@@ -98,11 +100,14 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
     insertRows: async (table, rows, settings) => {
       if (!rows[0]) return
       const columns = Object.keys(rows[0])
+      const body = Buffer.from(rows.map((r) => JSON.stringify(Object.values(r))).join('\n'))
+      // A small batch costs less inline than a file written, read and removed.
+      if (rows.length < FILE_INSERT_MIN_ROWS) return void (await engine.rawInsert({ table, values: body, columns, format: 'JSONCompactEachRow', settings }))
       let structure = structures.get(`${table}:${columns.join(',')}`)
       if (!structure) structures.set(`${table}:${columns.join(',')}`, (structure = fileStructure(client, table, columns)))
       structure.catch(() => structures.delete(`${table}:${columns.join(',')}`))
       const file = join(spool, `${sequence++}.jsonl`)
-      await writeFile(file, Buffer.from(rows.map((r) => JSON.stringify(Object.values(r))).join('\n')))
+      await writeFile(file, body)
       try {
         // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
         await client.command({
@@ -120,6 +125,9 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
     },
   }
 }
+
+/** From this many rows on, an embedded insert goes through a file (measured by bench:ingest --stages). */
+const FILE_INSERT_MIN_ROWS = 5_000
 
 /**
  * A directory in memory for insert files, named after this process; ones left by processes that died are removed

@@ -12,7 +12,8 @@ import { migrate } from '../clickhouse/migrate.ts'
 import { parseConfig } from '../config/config.ts'
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')
-export const contractDir = resolve(repoRoot, '..', 'shared', 'contract')
+// Beside the checkout; KEYWATCH_CONTRACT_DIR for a checkout elsewhere (a worktree).
+export const contractDir = process.env.KEYWATCH_CONTRACT_DIR ?? resolve(repoRoot, '..', 'shared', 'contract')
 // The Node 24 that npm installed: keywatch runs on it directly, without bin/keywatch.js re-spawning itself
 // (a signal sent to a re-spawning parent would not reach the real process).
 export const nodeBinary = existsSync(join(repoRoot, 'node_modules', 'node', 'bin', 'node')) ? join(repoRoot, 'node_modules', 'node', 'bin', 'node') : process.execPath

@@ -30,9 +30,12 @@ describe('insertRows (embedded)', () => {
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_hourly')).toBe(5_000)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_daily')).toBe(5_000)
     expect(await count(storage, 'SELECT sum(requests) AS n FROM key_last_used')).toBe(5_000)
-    // Another token is another batch, stored as such.
-    await storage.insertRows('key_usage', rows(5_000, 10), { ...settings, insert_deduplication_token: 'batch-b' })
+    // Another token is another batch, stored as such; a small one (sent inline) is deduplicated the same way.
+    const small = rows(5_000, 10)
+    await storage.insertRows('key_usage', small, { ...settings, insert_deduplication_token: 'batch-b' })
+    await storage.insertRows('key_usage', small, { ...settings, insert_deduplication_token: 'batch-b' })
     expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(5_010)
+    expect(await count(storage, 'SELECT sum(requests) AS n FROM key_usage_hourly')).toBe(5_010)
     expect(spoolFiles()).toEqual([])
   })
 
@@ -47,8 +50,8 @@ describe('insertRows (embedded)', () => {
   })
 
   it("fails with the engine's message when a row does not fit its column, and stores nothing of the batch", async () => {
-    const batch = rows(20_000, 100)
-    batch[50]!.status = 'not a number'
+    const batch = rows(20_000, 6_000)
+    batch[5_000]!.status = 'not a number'
     const before = await count(storage, 'SELECT count() AS n FROM key_usage')
     await expect(storage.insertRows('key_usage', batch, { insert_deduplication_token: 'bad' })).rejects.toThrow(/status|parse|UInt16/i)
     expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before)
