@@ -3,6 +3,7 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
+import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
 export const ROLES = ['viewer', 'auditor', 'responder', 'admin', 'ingest'] as const
 export type Role = (typeof ROLES)[number]
@@ -27,13 +28,12 @@ export interface TokenInfo {
   revoked_by: string
 }
 
-export class TokenError extends Error {
-  readonly retriable = false
+export class TokenError extends KeywatchError {
   constructor(
     readonly status: 400 | 404 | 409,
     message: string,
   ) {
-    super(message)
+    super(kindOfStatus(status), status === 404 ? 'not_found' : status === 409 ? 'conflict' : 'invalid_input', message)
     this.name = 'TokenError'
   }
 }
