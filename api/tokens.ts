@@ -5,17 +5,9 @@ import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
 import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
-export const ROLES = ['viewer', 'auditor', 'responder', 'admin', 'ingest'] as const
-export type Role = (typeof ROLES)[number]
-export type Permission = 'read' | 'export' | 'respond' | 'admin' | 'ingest'
+import { ROLES, type Role } from '../core/roles.ts'
 
-export const GRANTS: Record<Role, readonly Permission[]> = {
-  viewer: ['read'],
-  auditor: ['read', 'export'],
-  responder: ['read', 'respond'],
-  admin: ['read', 'export', 'respond', 'admin', 'ingest'],
-  ingest: ['ingest'],
-}
+export { GRANTS, ROLES, type Permission, type Role } from '../core/roles.ts'
 
 export interface TokenInfo {
   token_id: string

@@ -1,6 +1,7 @@
 // `keywatch token create|list|revoke`: API tokens, through the running instance or on the data directly.
 import type { Command } from 'commander'
-import { ROLES, type Role, type TokenInfo } from '../api/tokens.ts'
+import type { TokenInfo } from '../api/tokens.ts'
+import { ROLES, type Role } from '../core/roles.ts'
 import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
 
 async function create(opts: { role: string; name?: string; json?: boolean }): Promise<void> {

@@ -7,7 +7,7 @@ import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.
 import { defaultRoutes, readRoutes } from '../alerts/routing.ts'
 import type { AlertsConfig } from '../alerts/service.ts'
 import { userRolesSchema } from '../alerts/interactions.ts'
-import type { Role } from '../api/tokens.ts'
+import type { Role } from '../core/roles.ts'
 import type { ClickHouseConfig } from '../clickhouse/client.ts'
 import { ConfigError } from '../core/errors.ts'
 
