@@ -5,7 +5,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import { ApiError } from '../api/errors.ts'
-import { GRANTS, ROLES, type Role } from '../api/tokens.ts'
+import { GRANTS, ROLES, type Role } from '../core/roles.ts'
 import type { AuditLog } from '../audit/audit-log.ts'
 import type { Finding, FindingStore } from '../detectors/findings.ts'
 

@@ -3,8 +3,9 @@
 import { readFileSync } from 'node:fs'
 import { z } from 'zod'
 import type { Finding } from '../detectors/findings.ts'
+import { SEVERITIES } from '../core/severity.ts'
 
-const severity = z.enum(['critical', 'high', 'medium', 'low', 'info'])
+const severity = z.enum(SEVERITIES)
 const email = z.string().regex(/^[^\s@]+@[^\s@]+$/, 'must be a mail address')
 
 const routeSchema = z.strictObject({

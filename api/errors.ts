@@ -1,11 +1,13 @@
-/** An error that goes to the client as is: a status, a stable code and a message naming what is wrong. */
-export class ApiError extends Error {
+import { KeywatchError, kindOfStatus } from '../core/errors.ts'
+
+/** An error raised by a route itself: a status, a stable code and a message naming what is wrong. */
+export class ApiError extends KeywatchError {
   constructor(
     readonly statusCode: number,
-    readonly code: string,
+    code: string,
     message: string,
   ) {
-    super(message)
+    super(kindOfStatus(statusCode), code, message)
     this.name = 'ApiError'
   }
 }

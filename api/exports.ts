@@ -9,7 +9,7 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import type { Storage } from '../clickhouse/client.ts'
 import { DATASETS, exportFilter, FORMATS, unsupportedFilter } from '../exports/datasets.ts'
-import { ExportError, exportToFile, fingerprint } from '../exports/export.ts'
+import { exportToFile, fingerprint } from '../exports/export.ts'
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import type { AuditTrail } from '../audit/trail.ts'
 import { principalOf } from './auth.ts'
@@ -47,13 +47,7 @@ export async function exportRoutes(app: FastifyInstance, deps: ExportApiDeps): P
       if (unsupported) throw new ApiError(400, 'invalid_input', `query.${unsupported}`)
       const exportId = `exp_${randomBytes(10).toString('hex')}`
       const out = join(apiDir, `${exportId}.${format}`)
-      let manifest
-      try {
-        manifest = await exportToFile(deps.storage, { dataset: request.params.dataset, format, filter, actor: principalOf(request).actor, exportId }, out, deps.signingKey(), deps.version)
-      } catch (err) {
-        if (err instanceof ExportError) throw new ApiError(400, 'invalid_input', err.message)
-        throw err
-      }
+      const manifest = await exportToFile(deps.storage, { dataset: request.params.dataset, format, filter, actor: principalOf(request).actor, exportId }, out, deps.signingKey(), deps.version)
       request.auditDetail = { export_id: exportId, dataset: manifest.dataset, format, rows: manifest.rows, sha256: manifest.sha256, from: manifest.range.from, to: manifest.range.to, filters: manifest.filters }
       return reply
         .header('content-type', CONTENT_TYPE[format])

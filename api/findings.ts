@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { ZodTypeProvider } from 'fastify-type-provider-zod'
 import { z } from 'zod'
-import { FindingError, type FindingStatus, type FindingStore } from '../detectors/findings.ts'
+import { type FindingStatus, type FindingStore } from '../detectors/findings.ts'
 import { principalOf } from './auth.ts'
 import { ApiError } from './errors.ts'
 import { FINDING_STATUSES, findingParams, instant, limit, reason, SEVERITIES } from './schemas.ts'
@@ -85,10 +85,5 @@ export async function findingRoutes(app: FastifyInstance, deps: { findings: Find
 }
 
 async function setStatus(findings: FindingStore, id: string, status: FindingStatus, actor: string, why: string) {
-  try {
-    return await findings.setStatus(id, status, actor, why)
-  } catch (err) {
-    if (err instanceof FindingError) throw new ApiError(err.message.startsWith('no finding') ? 404 : 400, err.message.startsWith('no finding') ? 'not_found' : 'invalid_input', err.message)
-    throw err
-  }
+  return findings.setStatus(id, status, actor, why)
 }

@@ -4,8 +4,8 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { ActionStore } from '../response/actions.ts'
-import { ResponseError, type ResponseEngine } from '../response/engine.ts'
-import { ExposureError, exposureCsv, exposureReport } from '../response/exposure.ts'
+import type { ResponseEngine } from '../response/engine.ts'
+import { exposureCsv, exposureReport } from '../response/exposure.ts'
 import { principalOf } from './auth.ts'
 import { ApiError } from './errors.ts'
 import { ACTION_STATUSES, actionParams, instant, keyParams, limit, reason } from './schemas.ts'
@@ -34,12 +34,7 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
         schema: { tags: ['response'], summary: command === 'revoke' ? 'Revoke a key now' : "Reset a key's secret", params: keyParams, body: manualBody },
       },
       async (request) => {
-        try {
-          return { action: await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body }) }
-        } catch (err) {
-          if (err instanceof ResponseError) throw new ApiError(err.status, err.code, err.message)
-          throw err
-        }
+        return { action: await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body }) }
       },
     )
   }
@@ -79,14 +74,9 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
     },
     async (request, reply) => {
       const q = request.query
-      try {
-        const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined })
-        if (q.format === 'json') return report
-        return reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="exposure-${report.key.key_id}.csv"`).send(exposureCsv(report))
-      } catch (err) {
-        if (err instanceof ExposureError) throw new ApiError(err.status, err.status === 404 ? 'not_found' : 'invalid_input', err.message)
-        throw err
-      }
+      const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined })
+      if (q.format === 'json') return report
+      return reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="exposure-${report.key.key_id}.csv"`).send(exposureCsv(report))
     },
   )
 

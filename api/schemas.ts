@@ -16,4 +16,4 @@ export const errorBody = z.object({ error: z.object({ code: z.string(), message:
 
 export const ACTION_STATUSES = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective'] as const
 export const FINDING_STATUSES = ['open', 'acknowledged', 'resolved', 'suppressed'] as const
-export const SEVERITIES = ['critical', 'high', 'medium', 'low', 'info'] as const
+export { SEVERITIES } from '../core/severity.ts'

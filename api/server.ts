@@ -22,6 +22,7 @@ import type { ResponseEngine } from '../response/engine.ts'
 import { registerAudit } from './audit.ts'
 import { registerAuth } from './auth.ts'
 import { detectorRoutes } from './detectors.ts'
+import { HTTP_STATUS_OF_KIND, KeywatchError } from '../core/errors.ts'
 import { ApiError } from './errors.ts'
 import { exportRoutes, type ExportApiDeps } from './exports.ts'
 import { findingRoutes } from './findings.ts'
@@ -88,7 +89,12 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
 
   // One error shape. A 400 names the field and what is wrong with it; unknown errors never leak internals.
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string; validation?: unknown; validationContext?: string }, request, reply) => {
+    // The one place an error becomes an HTTP answer: its kind says the status, its code and message go as they are.
     if (err instanceof ApiError) return reply.status(err.statusCode).send({ error: { code: err.code, message: err.message } })
+    if (err instanceof KeywatchError && err.kind !== 'internal') {
+      if (err.retriable) reply.header('retry-after', '5')
+      return reply.status(HTTP_STATUS_OF_KIND[err.kind]).send({ error: { code: err.code, message: err.message } })
+    }
     if (hasZodFastifySchemaValidationErrors(err)) {
       const issue = err.validation[0]!
       const field = [WHERE[err.validationContext ?? ''] ?? err.validationContext, ...issue.instancePath.split('/').filter(Boolean)].join('.')

@@ -3,18 +3,11 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
+import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
-export const ROLES = ['viewer', 'auditor', 'responder', 'admin', 'ingest'] as const
-export type Role = (typeof ROLES)[number]
-export type Permission = 'read' | 'export' | 'respond' | 'admin' | 'ingest'
+import { ROLES, type Role } from '../core/roles.ts'
 
-export const GRANTS: Record<Role, readonly Permission[]> = {
-  viewer: ['read'],
-  auditor: ['read', 'export'],
-  responder: ['read', 'respond'],
-  admin: ['read', 'export', 'respond', 'admin', 'ingest'],
-  ingest: ['ingest'],
-}
+export { GRANTS, ROLES, type Permission, type Role } from '../core/roles.ts'
 
 export interface TokenInfo {
   token_id: string
@@ -27,13 +20,12 @@ export interface TokenInfo {
   revoked_by: string
 }
 
-export class TokenError extends Error {
-  readonly retriable = false
+export class TokenError extends KeywatchError {
   constructor(
     readonly status: 400 | 404 | 409,
     message: string,
   ) {
-    super(message)
+    super(kindOfStatus(status), status === 404 ? 'not_found' : status === 409 ? 'conflict' : 'invalid_input', message)
     this.name = 'TokenError'
   }
 }

@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Command } from 'commander'
 import type { VerifyResult } from '../audit/trail.ts'
 import { DATASETS, exportFilter, FORMATS, unsupportedFilter, type Dataset, type ExportFormat } from '../exports/datasets.ts'
-import { ExportError, exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
+import { exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
 import { auditedLocally, cliActor, config, ExitError, instanceHeaders, runningInstance, throughInstanceOrLocal, withLocalRuntime } from './context.ts'
 import { progressBar } from './progress.ts'
 
@@ -54,10 +54,7 @@ async function runExport(dataset: string, opts: ExportOptions): Promise<void> {
     manifest = await withLocalRuntime(cfg, (rt) =>
         auditedLocally(rt, 'export.read', dataset, () =>
           exportToFile(rt.storage, { dataset: dataset as Dataset, format, filter: parsed.data, actor: cliActor() }, out, rt.exportSigningKey(), rt.version, (bytes) => bar?.update({ bytes })),
-        { format, ...parsed.data }).catch((err: unknown) => {
-          if (err instanceof ExportError) throw new ExitError(err.message, 2)
-          throw err
-        }),
+        { format, ...parsed.data }),
     )
   }
   bar?.done()

@@ -8,7 +8,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { buildApi } from '../api/server.ts'
 import { DataDirLockedError, openStorage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
-import { ConfigError } from '../config/config.ts'
+import { EXIT_CODE_OF_KIND, KeywatchError } from '../core/errors.ts'
 import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
 import { config, dataDirOf, ExitError, instanceHeaders, openForCommand, runningInstance } from './context.ts'
@@ -267,14 +267,15 @@ try {
   await program.parseAsync(process.argv)
 } catch (err) {
   if (err instanceof CommanderError) process.exit(err.exitCode === 0 ? 0 : 2)
-  if (err instanceof ConfigError) {
-    // (also raised for DETECTOR_PARAMS naming an unknown detector or parameter)
+  if (err instanceof ExitError) {
     process.stderr.write(`keywatch: ${err.message}\n`)
-    process.exit(2)
+    process.exit(err.exitCode)
   }
-  if (err instanceof DataDirLockedError || err instanceof ExitError) {
-    process.stderr.write(`keywatch: ${err.message}\n`)
-    process.exit(err instanceof ExitError ? err.exitCode : 1)
+  // Every deliberate error (a bad configuration, a refusal, a held data directory): its message, its code, and
+  // the exit code of its kind; never a stack.
+  if (err instanceof KeywatchError) {
+    process.stderr.write(`keywatch: ${err.message}${err.message.includes('\n') ? '' : ` (${err.code})`}\n`)
+    process.exit(EXIT_CODE_OF_KIND[err.kind])
   }
   process.stderr.write(`keywatch: ${(err as Error)?.stack ?? String(err)}\n`)
   process.exit(1)

@@ -3,8 +3,7 @@
 import { writeFileSync } from 'node:fs'
 import type { Command } from 'commander'
 import type { Action, ActionStatus } from '../response/actions.ts'
-import { ResponseError } from '../response/engine.ts'
-import { ExposureError, exposureCsv, exposureReport, type ExposureReport } from '../response/exposure.ts'
+import { exposureCsv, exposureReport, type ExposureReport } from '../response/exposure.ts'
 import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
 
 const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective']
@@ -14,13 +13,6 @@ function instant(name: string, value: string | undefined): Date | undefined {
   const d = new Date(value)
   if (!/^\d{4}-\d{2}-\d{2}T/.test(value) || Number.isNaN(d.getTime())) throw new ExitError(`${name} ${JSON.stringify(value)} is not an RFC 3339 date-time, e.g. 2026-11-24T10:00:00Z`, 2)
   return d
-}
-
-/** A refusal by the response engine is the command's answer, not a crash. */
-function refusal(err: unknown): never {
-  if (err instanceof ResponseError) throw new ExitError(`${err.code}: ${err.message}`, err.status === 400 ? 2 : 1)
-  if (err instanceof ExposureError) throw new ExitError(err.message, err.status === 400 ? 2 : 1)
-  throw err
 }
 
 async function runActions(opts: { json?: boolean; account?: string; key?: string; status?: string; since?: string; limit?: string }): Promise<void> {
@@ -49,7 +41,7 @@ async function runExposure(keyId: string, opts: { from?: string; to?: string; fo
   const report = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<ExposureReport>('GET', `/v1/keys/${encodeURIComponent(keyId)}/exposure?${query}`)).json,
-    (rt) => exposureReport(rt.storage.client, keyId, { from, to }).catch(refusal),
+    (rt) => exposureReport(rt.storage.client, keyId, { from, to }),
   )
   const output = format === 'json' ? JSON.stringify(report, null, 2) + '\n' : format === 'csv' ? exposureCsv(report) : exposureText(report)
   if (opts.out) writeFileSync(opts.out, output)
@@ -81,7 +73,7 @@ async function runManual(command: 'revoke' | 'reset', keyId: string, opts: { rea
   const action = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<{ action: Action }>('POST', `/v1/keys/${encodeURIComponent(keyId)}/${command}`, request)).json.action,
-    (rt) => auditedLocally(rt, `key.${command}`, keyId, () => rt.response.manual({ command, key_id: keyId, actor: cliActor(), ...request }), { reason: request.reason }).catch(refusal),
+    (rt) => auditedLocally(rt, `key.${command}`, keyId, () => rt.response.manual({ command, key_id: keyId, actor: cliActor(), ...request }), { reason: request.reason }),
   )
   process.stdout.write(opts.json ? JSON.stringify(action) + '\n' : `${action.command} of ${action.key_prefix}: ${action.status}${action.status_detail ? ` — ${action.status_detail}` : ''} (${action.action_id})\n`)
   if (action.status === 'failed') process.exitCode = 1

@@ -1,12 +1,8 @@
 // `keywatch token create|list|revoke`: API tokens, through the running instance or on the data directly.
 import type { Command } from 'commander'
-import { ROLES, TokenError, type Role, type TokenInfo } from '../api/tokens.ts'
+import type { TokenInfo } from '../api/tokens.ts'
+import { ROLES, type Role } from '../core/roles.ts'
 import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
-
-function refusal(err: unknown): never {
-  if (err instanceof TokenError) throw new ExitError(err.message, err.status === 400 ? 2 : 1)
-  throw err
-}
 
 async function create(opts: { role: string; name?: string; json?: boolean }): Promise<void> {
   if (!ROLES.includes(opts.role as Role)) throw new ExitError(`--role must be one of ${ROLES.join(', ')}`, 2)
@@ -14,7 +10,7 @@ async function create(opts: { role: string; name?: string; json?: boolean }): Pr
   const created = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<{ token: string; info: TokenInfo }>('POST', '/v1/tokens', { role: opts.role, name })).json,
-    (rt) => auditedLocally(rt, 'token.create', name, () => rt.tokens.create(opts.role as Role, name, cliActor()), { role: opts.role }).catch(refusal),
+    (rt) => auditedLocally(rt, 'token.create', name, () => rt.tokens.create(opts.role as Role, name, cliActor()), { role: opts.role }),
   )
   if (opts.json) return void process.stdout.write(JSON.stringify(created) + '\n')
   process.stdout.write(`${created.token}\n`)
@@ -37,7 +33,7 @@ async function revoke(idOrName: string): Promise<void> {
   const token = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<{ token: TokenInfo }>('DELETE', `/v1/tokens/${encodeURIComponent(idOrName)}`)).json.token,
-    (rt) => auditedLocally(rt, 'token.revoke', idOrName, () => rt.tokens.revoke(idOrName, cliActor())).catch(refusal),
+    (rt) => auditedLocally(rt, 'token.revoke', idOrName, () => rt.tokens.revoke(idOrName, cliActor())),
   )
   process.stdout.write(`revoked ${token.token_id} "${token.name}" (${token.role})\n`)
 }

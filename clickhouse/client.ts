@@ -5,14 +5,16 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createClient, type ClickHouseClient } from '@clickhouse/client'
+import { KeywatchError } from '../core/errors.ts'
 
 export type { ClickHouseClient }
 
 /** The embedded data directory is owned by another process (one engine per directory). */
-export class DataDirLockedError extends Error {
-  readonly retriable = false
+export class DataDirLockedError extends KeywatchError {
   constructor(readonly dataDir: string, readonly holderPid: number | undefined) {
     super(
+      'conflict',
+      'data_dir_locked',
       `the data directory ${dataDir} is held by another keywatch process` +
         (holderPid ? ` (pid ${holderPid})` : '') +
         '; stop it, point KEYWATCH_DATA_DIR elsewhere, or set CLICKHOUSE_URL to use a ClickHouse server',

@@ -5,6 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { queryRows, type ClickHouseClient } from './client.ts'
+import { KeywatchError } from '../core/errors.ts'
 
 const MIGRATIONS_DIR = join(dirname(fileURLToPath(import.meta.url)), 'migrations')
 
@@ -15,10 +16,9 @@ export interface Migration {
   statements: string[]
 }
 
-export class MigrationChangedError extends Error {
-  readonly retriable = false
+export class MigrationChangedError extends KeywatchError {
   constructor(readonly migration: string) {
-    super(`migration ${migration} was changed after it was applied; add a new migration instead of editing an applied one`)
+    super('conflict', 'migration_changed', `migration ${migration} was changed after it was applied; add a new migration instead of editing an applied one`)
     this.name = 'MigrationChangedError'
   }
 }

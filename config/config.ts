@@ -7,8 +7,9 @@ import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.
 import { defaultRoutes, readRoutes } from '../alerts/routing.ts'
 import type { AlertsConfig } from '../alerts/service.ts'
 import { userRolesSchema } from '../alerts/interactions.ts'
-import type { Role } from '../api/tokens.ts'
+import type { Role } from '../core/roles.ts'
 import type { ClickHouseConfig } from '../clickhouse/client.ts'
+import { ConfigError } from '../core/errors.ts'
 
 const port = z.coerce.number({ error: 'must be a port number (0-65535)' }).int('must be a port number (0-65535)').min(0, 'must be a port number (0-65535)').max(65535, 'must be a port number (0-65535)')
 const positiveInt = z.coerce.number({ error: 'must be a positive integer' }).int('must be a positive integer').positive('must be a positive integer')
@@ -131,13 +132,7 @@ export interface Topics {
 }
 
 /** A configuration value is wrong: startup stops with a message naming each variable and what it expects. */
-export class ConfigError extends Error {
-  readonly retriable = false
-  constructor(readonly problems: string[]) {
-    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`)
-    this.name = 'ConfigError'
-  }
-}
+export { ConfigError }
 
 /** Reads `.env` (if present) under the given environment; real environment variables win. */
 export function loadEnv(env: NodeJS.ProcessEnv = process.env, envFile = resolve('.env')): Record<string, string | undefined> {

@@ -1,7 +1,7 @@
 // What a detector is: one file per detector exports one of these (detection as code).
-export type Severity = 'critical' | 'high' | 'medium' | 'low' | 'info'
+import type { Severity } from '../core/severity.ts'
 
-export const SEVERITY_RANK: Record<Severity, number> = { info: 0, low: 1, medium: 2, high: 3, critical: 4 }
+export { SEVERITY_RANK, type Severity } from '../core/severity.ts'
 
 /** What a query row turns into; the finding store deduplicates drafts by `dedupKey`. */
 export interface FindingDraft {

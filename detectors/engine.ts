@@ -2,7 +2,7 @@
 // moment for backtests. Each run's duration, rows read and findings are recorded in detector_runs.
 import cron, { type ScheduledTask } from 'node-cron'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
-import { ConfigError } from '../config/config.ts'
+import { ConfigError } from '../core/errors.ts'
 import { chTime } from '../ingest/rows.ts'
 import type { Detector, FindingDraft, Params } from './detector.ts'
 import type { FindingStore, Recorded } from './findings.ts'

@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
 import { SEVERITY_RANK, type FindingDraft, type Severity } from './detector.ts'
+import { KeywatchError } from '../core/errors.ts'
 
 export type FindingStatus = 'open' | 'acknowledged' | 'resolved' | 'suppressed'
 
@@ -49,10 +50,9 @@ export interface Suppression {
   expires_at: string | null
 }
 
-export class FindingError extends Error {
-  readonly retriable = false
-  constructor(message: string) {
-    super(message)
+export class FindingError extends KeywatchError {
+  constructor(message: string, kind: 'invalid' | 'not_found' = 'invalid') {
+    super(kind, kind === 'not_found' ? 'not_found' : 'invalid_input', message)
     this.name = 'FindingError'
   }
 }
@@ -142,7 +142,7 @@ export class FindingStore {
     return this.serial(async () => {
       if (!reason.trim()) throw new FindingError('a status change needs a reason')
       const [before] = await this.select('WHERE finding_id = {id:String}', { id: findingId })
-      if (!before) throw new FindingError(`no finding ${findingId}`)
+      if (!before) throw new FindingError(`no finding ${findingId}`, 'not_found')
       const when = chTime(at.getTime())
       const after: Finding = { ...before, status, status_changed_at: when, status_changed_by: actor, status_reason: reason }
       await this.write([after])

@@ -10,6 +10,7 @@ import { pipeline } from 'node:stream/promises'
 import { queryRows, type Storage } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
 import { CLICKHOUSE_FORMAT, datasetQuery, type Dataset, type ExportFilter, type ExportFormat } from './datasets.ts'
+import { KeywatchError, type ErrorKind } from '../core/errors.ts'
 
 export interface ExportRequest {
   dataset: Dataset
@@ -45,10 +46,9 @@ export interface Manifest {
   signature: { algorithm: 'Ed25519'; public_key: string; key_fingerprint: string; value: string }
 }
 
-export class ExportError extends Error {
-  readonly retriable = false
-  constructor(message: string) {
-    super(message)
+export class ExportError extends KeywatchError {
+  constructor(message: string, kind: ErrorKind = 'invalid') {
+    super(kind, kind === 'invalid' ? 'invalid_input' : 'export_failed', message)
     this.name = 'ExportError'
   }
 }

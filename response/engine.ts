@@ -9,6 +9,7 @@ import { chTime } from '../ingest/rows.ts'
 import type { Action, ActionStatus, ActionStore } from './actions.ts'
 import { matchRule, type Policy } from './policy.ts'
 import type { CommandSender, SendResult } from './senders.ts'
+import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
 export interface Logger {
   info(obj: object, msg?: string): void
@@ -17,15 +18,14 @@ export interface Logger {
 }
 
 /** A request keywatch refuses or cannot carry out; `status` is the HTTP status the API answers with. */
-export class ResponseError extends Error {
-  readonly retriable = false
+export class ResponseError extends KeywatchError {
   constructor(
     readonly status: 400 | 404 | 409 | 422,
-    readonly code: string,
+    code: string,
     message: string,
     readonly action?: Action,
   ) {
-    super(message)
+    super(kindOfStatus(status), code, message)
     this.name = 'ResponseError'
   }
 }

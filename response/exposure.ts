@@ -3,6 +3,7 @@
 // revocation, unless the caller gives one.
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
+import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
 export interface ExposureWindow {
   from: string
@@ -25,13 +26,12 @@ export interface ExposureReport {
   after_window: { requests: number; accepted: number }
 }
 
-export class ExposureError extends Error {
-  readonly retriable = false
+export class ExposureError extends KeywatchError {
   constructor(
     readonly status: 400 | 404,
     message: string,
   ) {
-    super(message)
+    super(kindOfStatus(status), status === 404 ? 'not_found' : 'invalid_input', message)
     this.name = 'ExposureError'
   }
 }

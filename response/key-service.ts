@@ -2,6 +2,7 @@
 // revoke or reset, retried with backoff on 429 and 5xx. 409 means already revoked (done); 422 means the key cannot be
 // revoked (an auto-generated key: reset it instead); 404 means no such key.
 import { createHmac } from 'node:crypto'
+import { KeywatchError } from '../core/errors.ts'
 
 export type KeyCommand = 'revoke' | 'reset'
 
@@ -21,13 +22,13 @@ export type KeyCommandOutcome =
   | { outcome: 'unknown_key'; attempts: number }
 
 /** The key service did not accept the command; `retriable` says whether trying again later may work. */
-export class KeyServiceError extends Error {
+export class KeyServiceError extends KeywatchError {
   constructor(
     message: string,
-    readonly retriable: boolean,
+    retriable: boolean,
     readonly status?: number,
   ) {
-    super(message)
+    super(retriable ? 'unavailable' : 'unprocessable', 'key_service_failed', message, { retriable })
     this.name = 'KeyServiceError'
   }
 }

@@ -2,8 +2,9 @@
 // Read once at startup from RESPONSE_POLICY_FILE (JSON); without one, the defaults below apply.
 import { readFileSync } from 'node:fs'
 import { z } from 'zod'
+import { SEVERITIES } from '../core/severity.ts'
 
-const severity = z.enum(['critical', 'high', 'medium', 'low', 'info'])
+const severity = z.enum(SEVERITIES)
 
 const ruleSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,63}$/, 'must be a short lower-case name'),
