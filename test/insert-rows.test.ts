@@ -3,6 +3,8 @@
 import { readdirSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Storage } from '../clickhouse/client.ts'
+import { auth, keyNamed, lifecycle } from '../contract/builders.ts'
+import type { AuthEvent, KeyLifecycle } from '../contract/events.ts'
 import { usageEvent } from '../contract/synthetic.ts'
 import { toRow } from '../ingest/rows.ts'
 import { count, openTestStorage, tempDir } from './helpers.ts'
@@ -47,6 +49,23 @@ describe('insertRows (embedded)', () => {
       await storage.client.query({ query: 'SELECT user_agent, toString(occurred_at) AS at, latency_ms FROM key_usage WHERE event_id = {id:UUID}', query_params: { id: row!.event_id }, format: 'JSONEachRow' })
     ).json<{ user_agent: string; at: string; latency_ms: number }>()
     expect(stored).toEqual({ user_agent: row!.user_agent, at: row!.occurred_at, latency_ms: row!.latency_ms })
+  })
+
+  it('stores nulls, booleans, JSON text and optional times of the other tables through the file path', async () => {
+    const at = (i: number) => new Date(now - 3_600_000 + i).toISOString()
+    const k = keyNamed('filepath')
+    const lifecycleRows = Array.from({ length: 6_000 }, (_, i) =>
+      toRow('key.lifecycle', lifecycle(k, 'created', at(i), i % 2 ? { label: null, auto_generated: true, expires_at: at(i + 86_400_000), scopes: [{ scope: 'payments', access: ['read'] }] } : {}) as KeyLifecycle),
+    )
+    await storage.insertRows('key_lifecycle', lifecycleRows.map((r) => r.values), { insert_deduplication_token: 'lifecycle' })
+    const authRows = Array.from({ length: 6_000 }, (_, i) => toRow('auth.event', auth('acct_filepath', 'login.failed', at(i), { user_id: i % 3 ? 'usr_abcd' : null, country: null }) as AuthEvent))
+    await storage.insertRows('auth_events', authRows.map((r) => r.values), { insert_deduplication_token: 'auth' })
+    expect(await count(storage, 'SELECT count() AS n FROM key_lifecycle')).toBe(6_000)
+    expect(await count(storage, 'SELECT countIf(auto_generated) AS n FROM key_lifecycle')).toBe(3_000)
+    expect(await count(storage, 'SELECT countIf(label IS NULL AND expires_at IS NOT NULL) AS n FROM key_lifecycle')).toBe(3_000)
+    expect(await count(storage, "SELECT countIf(scopes = '[{\"scope\":\"payments\",\"access\":[\"read\"]}]') AS n FROM key_lifecycle")).toBe(3_000)
+    expect(await count(storage, 'SELECT countIf(user_id IS NULL AND country IS NULL) AS n FROM auth_events')).toBe(2_000)
+    expect(await count(storage, "SELECT countIf(type = 'auth.event') AS n FROM event_ids")).toBe(6_000)
   })
 
   it("fails with the engine's message when a row does not fit its column, and stores nothing of the batch", async () => {
