@@ -133,12 +133,10 @@ export class DetectionEngine {
    */
   async evaluate(d: Detector<Params, unknown>, at: Date): Promise<{ drafts: FindingDraft[]; rowsRead: number }> {
     // JSON (not JSONEachRow): both engines report rows read in its statistics.
-    const rs = await this.client.query({
-      query: d.query,
-      query_params: { ...d.params, at: chTime(at.getTime()) },
-      format: 'JSON',
-      ...(d.custom ? { clickhouse_settings: { readonly: '2', max_execution_time: d.custom.timeoutSeconds } as never } : {}),
-    })
+    // The limits go in the query's own SETTINGS clause: the embedded engine is one session, where a client-side
+    // setting would stay set for every later query. (A custom query has no SETTINGS of its own: refused at load.)
+    const query = d.custom ? `${d.query}\nSETTINGS max_execution_time = ${Math.floor(d.custom.timeoutSeconds)}, readonly = 2` : d.query
+    const rs = await this.client.query({ query, query_params: { ...d.params, at: chTime(at.getTime()) }, format: 'JSON' })
     const body = await rs.json<Record<string, unknown>>()
     return { rowsRead: Number(body.statistics?.rows_read ?? 0), drafts: body.data.map((row) => d.toFinding(row, d.params)) }
   }
