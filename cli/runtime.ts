@@ -55,6 +55,8 @@ export interface Runtime {
   version: string
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
+  /** Records findings raised outside a detector run (keywatch itself, a person, a test) and tells the listeners. */
+  raise(drafts: FindingDraft[], at: Date): Promise<Recorded[]>
   /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
   onFindings(listener: FindingsListener): void
   close(): Promise<void>
@@ -186,6 +188,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     customDetectors: { ids: custom.detectors.map((d) => d.id), fixtures: custom.fixtures, problems: custom.problems },
     exportSigningKey: signer,
     version: VERSION,
+    raise,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
