@@ -51,9 +51,10 @@ export interface TimelineEntry {
   actor?: string
 }
 
-const SELECT_INCIDENT = `SELECT incident_id, account_id, title, severity, subjects, toString(opened_at) AS opened_at,
-  toString(last_finding_at) AS last_finding_at, findings FROM incidents FINAL`
-const SELECT_MEMBER = `SELECT incident_id, finding_id, account_id, detector, severity, title, subject, linked_by, toString(at) AS at FROM incident_findings`
+// The filter goes inside: an alias (toString(…) AS opened_at) would shadow its column in a WHERE beside it.
+const selectIncidents = (where: string, rest = '') => `SELECT incident_id, account_id, title, severity, subjects, toString(opened_at) AS opened_at,
+  toString(last_finding_at) AS last_finding_at, findings FROM (SELECT * FROM incidents FINAL ${where}) ${rest}`
+const SELECT_MEMBER = `SELECT incident_id, finding_id, account_id, detector, severity, title, subject, linked_by, toString(at) AS at FROM incident_findings FINAL`
 
 const subjectsOf = (f: Finding): string[] => [...(f.key_id ? [`key:${f.key_id}`] : []), ...(f.user_id ? [`user:${f.user_id}`] : [])]
 const msOf = (chDateTime: string) => Date.parse(chDateTime.replace(' ', 'T') + 'Z')
@@ -92,7 +93,7 @@ export class IncidentStore {
     const windowMs = this.windowHours * 3_600_000
     const accounts = [...new Set(candidates.map((f) => f.account_id))]
     const earliest = msOf(candidates[0]!.last_seen_at) - windowMs
-    const open = await queryRows<Incident>(this.client, `${SELECT_INCIDENT} WHERE account_id IN {accounts:Array(String)} AND last_finding_at >= {since:DateTime64(3, 'UTC')} ORDER BY opened_at`, {
+    const open = await queryRows<Incident>(this.client, selectIncidents(`WHERE account_id IN {accounts:Array(String)} AND last_finding_at >= {since:DateTime64(3, 'UTC')}`, 'ORDER BY opened_at, incident_id'), {
       accounts,
       since: chTime(earliest),
     })
@@ -123,7 +124,8 @@ export class IncidentStore {
         linkedBy = incident ? `the account ${f.account_id}` : ''
       } else {
         for (const i of live) {
-          const shared = i.subjects.find((s) => reach.has(s))
+          // A subject it shares itself says more than one reached through a link.
+          const shared = i.subjects.find((s) => own.includes(s)) ?? i.subjects.find((s) => reach.has(s))
           if (shared) {
             incident = i
             linkedBy = reach.get(shared) === shared ? `the same ${shared.replace(':', ' ')}` : reach.get(shared)!
@@ -171,25 +173,26 @@ export class IncidentStore {
     const keys = [...new Set(findings.map((f) => f.key_id).filter(Boolean))]
     const users = [...new Set(findings.map((f) => f.user_id).filter(Boolean))]
     if (!keys.length && !users.length) return []
-    return queryRows(
+    // Aliases differ from the columns they are computed from: an alias would shadow its column in the WHERE.
+    const rows = await queryRows<{ account_id: string; link_key: string; link_user: string; link: string }>(
       this.client,
-      `SELECT DISTINCT account_id, key_id, ifNull(actor_id, '') AS user_id, action FROM key_lifecycle
+      `SELECT DISTINCT account_id, key_id AS link_key, ifNull(actor_id, '') AS link_user, toString(action) AS link FROM key_lifecycle
         WHERE account_id IN {accounts:Array(String)} AND actor_type = 'user' AND ifNull(actor_id, '') != ''
-          AND action IN ('created', 'rotated', 'reset', 'revoked') AND (key_id IN {keys:Array(String)} OR actor_id IN {users:Array(String)})
+          AND action IN ('created', 'rotated', 'reset', 'revoked') AND (key_id IN {keys:Array(String)} OR ifNull(actor_id, '') IN {users:Array(String)})
        UNION ALL
-       SELECT DISTINCT account_id, ifNull(key_id, '') AS key_id, ifNull(user_id, '') AS user_id, 'revealed' AS action FROM auth_events
+       SELECT DISTINCT account_id, ifNull(key_id, '') AS link_key, ifNull(user_id, '') AS link_user, 'revealed' AS link FROM auth_events
         WHERE account_id IN {accounts:Array(String)} AND action = 'apikey.revealed' AND ifNull(key_id, '') != '' AND ifNull(user_id, '') != ''
-          AND (key_id IN {keys:Array(String)} OR user_id IN {users:Array(String)})`,
+          AND (ifNull(key_id, '') IN {keys:Array(String)} OR ifNull(user_id, '') IN {users:Array(String)})`,
       { accounts, keys, users },
     )
+    return rows.map((r) => ({ account_id: r.account_id, key_id: r.link_key, user_id: r.link_user, action: r.link }))
   }
 
   async list(filter: { account_id?: string; key_id?: string; user_id?: string; status?: 'open' | 'resolved'; limit?: number } = {}): Promise<Incident[]> {
     const subject = filter.key_id ? `key:${filter.key_id}` : filter.user_id ? `user:${filter.user_id}` : ''
     const rows = await queryRows<Incident>(
       this.client,
-      `${SELECT_INCIDENT} WHERE ({account:String} = '' OR account_id = {account:String}) AND ({subject:String} = '' OR has(subjects, {subject:String}))
-       ORDER BY last_finding_at DESC LIMIT {limit:UInt32}`,
+      selectIncidents(`WHERE ({account:String} = '' OR account_id = {account:String}) AND ({subject:String} = '' OR has(subjects, {subject:String}))`, 'ORDER BY last_finding_at DESC LIMIT {limit:UInt32}'),
       { account: filter.account_id ?? '', subject, limit: filter.status ? 10_000 : (filter.limit ?? 500) },
     )
     const withStatus = await this.withStatus(rows.map((r) => ({ ...r, findings: Number(r.findings) })))
@@ -197,7 +200,7 @@ export class IncidentStore {
   }
 
   async get(id: string): Promise<{ incident: Incident; members: IncidentMember[]; timeline: TimelineEntry[] } | undefined> {
-    const [row] = await queryRows<Incident>(this.client, `${SELECT_INCIDENT} WHERE incident_id = {id:String}`, { id })
+    const [row] = await queryRows<Incident>(this.client, selectIncidents('WHERE incident_id = {id:String}'), { id })
     if (!row) return undefined
     const [incident] = await this.withStatus([{ ...row, findings: Number(row.findings) }])
     const members = await queryRows<IncidentMember>(this.client, `${SELECT_MEMBER} WHERE incident_id = {id:String} ORDER BY at, finding_id`, { id })
