@@ -103,7 +103,6 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     await storage.close()
     throw err
   }
-  const incidents = new IncidentStore(storage.client, config.incidents.windowHours)
   const actions = new ActionStore(storage.client)
   const sender = commandSender(config, log)
   const findingsListeners: FindingsListener[] = []
@@ -137,6 +136,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
   const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
   const alerts = new AlertService(storage.client, config.alerts, log)
+  const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
     // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.

@@ -8,6 +8,14 @@ import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
 import { chTime } from '../ingest/rows.ts'
+import type { OutboxAlert } from '../alerts/outbox.ts'
+import type { Action } from '../response/actions.ts'
+
+/** What keywatch did about findings, read from the modules that own those tables. */
+export interface IncidentSources {
+  actionsFor?: (findingIds: string[]) => Promise<Action[]>
+  alertsFor?: (findingIds: string[]) => Promise<OutboxAlert[]>
+}
 
 export interface Incident {
   incident_id: string
@@ -72,6 +80,7 @@ export class IncidentStore {
   constructor(
     private readonly client: ClickHouseClient,
     private readonly windowHours = 24,
+    private readonly sources: IncidentSources = {},
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -218,23 +227,24 @@ export class IncidentStore {
       detector: m.detector,
       severity: m.severity,
     }))
-    const [changes, actions, links] = await Promise.all([
+    const [changes, actions, alerts, links] = await Promise.all([
       queryRows<{ finding_id: string; at: string; to_status: string; actor: string; reason: string }>(
         this.client,
         `SELECT finding_id, toString(at) AS at, to_status, actor, reason FROM finding_changes WHERE finding_id IN {ids:Array(String)} AND from_status != '' ORDER BY at`,
         { ids },
       ),
-      queryRows<{ finding_id: string; at: string; command: string; status: string; requested_by: string; key_prefix: string; status_detail: string; confirmed_at: string | null }>(
-        this.client,
-        `SELECT finding_id, toString(requested_at) AS at, command, status, requested_by, key_prefix, status_detail, if(confirmed_at IS NULL, NULL, toString(confirmed_at)) AS confirmed_at
-         FROM actions FINAL WHERE finding_id IN {ids:Array(String)} ORDER BY requested_at`,
-        { ids },
-      ),
+      this.sources.actionsFor?.(ids) ?? [],
+      this.sources.alertsFor?.(ids) ?? [],
       this.subjectEvents(incident),
     ])
     for (const c of changes) entries.push({ at: c.at, kind: 'status', text: `finding ${c.to_status} by ${c.actor}: ${c.reason}`, finding_id: c.finding_id, actor: c.actor })
+    for (const a of alerts) {
+      if (a.kind !== 'finding' || (a.status !== 'delivered' && a.status !== 'pending')) continue
+      const where = a.channel === 'slack' ? `Slack ${a.destination}` : a.channel === 'email' ? `mail to ${a.destination}` : 'the log'
+      entries.push({ at: a.delivered_at ?? a.created_at, kind: 'action', text: `alerted to ${where}${a.status === 'pending' ? ' (not delivered yet)' : ''}`, finding_id: a.finding_id, actor: 'keywatch' })
+    }
     for (const a of actions) {
-      entries.push({ at: a.at, kind: 'action', text: `${a.command} of ${a.key_prefix} requested by ${a.requested_by}: ${a.status}${a.status_detail ? ` (${a.status_detail})` : ''}`, finding_id: a.finding_id, actor: a.requested_by })
+      entries.push({ at: a.requested_at, kind: 'action', text: `${a.command} of ${a.key_prefix} requested by ${a.requested_by}: ${a.status}${a.status_detail ? ` (${a.status_detail})` : ''}`, finding_id: a.finding_id, actor: a.requested_by })
       if (a.confirmed_at) entries.push({ at: a.confirmed_at, kind: 'action', text: `${a.command} of ${a.key_prefix} confirmed by the key service`, finding_id: a.finding_id, actor: 'key service' })
     }
     entries.push(...links)

@@ -2,7 +2,7 @@
 // moving money: one incident (linked by the reveal), one Slack thread (the later findings reply in the first one's
 // thread), one row on the Incidents page and the key's page in Chromium, with its timeline, and in the incidents
 // export. Unrelated findings stay apart.
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -17,6 +17,7 @@ import { waitFor } from './kafka/admin.ts'
 import { ensureChromium } from './browser/chromium.ts'
 import { openTestRuntime, repoRoot, tempDir } from './helpers.ts'
 import { startSlackStandIn, type SlackStandIn } from './stand-ins/slack.ts'
+import { startStandInKeyService, type StandInKeyService } from '../demo/key-service.ts'
 
 const ARTIFACTS = join(repoRoot, 'test-artifacts')
 const account = 'acct_IncShop0001'
@@ -25,6 +26,7 @@ const key = { account_id: account, key_id: 'key_IncLive0001', key_prefix: 'sk_li
 const otherKey = { account_id: account, key_id: 'key_IncOther001', key_prefix: 'sk_live_InOt', key_kind: 'secret' as const, mode: 'live' as const }
 
 let slack: SlackStandIn
+let keyService: StandInKeyService
 let rt: Runtime
 let api: FastifyInstance
 let browser: Browser
@@ -47,7 +49,20 @@ const posts = () => slack.calls.filter((c) => c.method === 'chat.postMessage')
 
 beforeAll(async () => {
   slack = await startSlackStandIn()
-  rt = await openTestRuntime({ SLACK_BOT_TOKEN: 'xoxb-test-token', SLACK_API_URL: slack.apiUrl, SLACK_CHANNEL: 'C0SECURITY', KEYWATCH_PUBLIC_URL: 'https://keywatch.example' })
+  keyService = await startStandInKeyService({ secret: 'incidents_key_service_secret' })
+  keyService.keys.set(key.key_id, { ...key, state: 'active' })
+  // Money moving out of a key is revoked at once: the incident's timeline says so.
+  const policy = join(tempDir(), 'policy.json')
+  writeFileSync(policy, JSON.stringify({ rules: [{ name: 'revoke-payout-spikes', detectors: ['key.payout_spike'], action: 'revoke' }] }))
+  rt = await openTestRuntime({
+    SLACK_BOT_TOKEN: 'xoxb-test-token',
+    SLACK_API_URL: slack.apiUrl,
+    SLACK_CHANNEL: 'C0SECURITY',
+    KEYWATCH_PUBLIC_URL: 'https://keywatch.example',
+    KEY_SERVICE_URL: keyService.url,
+    KEY_SERVICE_SECRET: 'incidents_key_service_secret',
+    RESPONSE_POLICY_FILE: policy,
+  })
   await rt.startServices()
   const now = new Date().toISOString()
   await ingest([
@@ -71,6 +86,7 @@ afterAll(async () => {
   await api?.close()
   await rt?.close()
   await slack?.close()
+  await keyService?.close()
 })
 
 async function signedIn(): Promise<Page> {
@@ -135,6 +151,9 @@ describe('takeover → reveal → new network', () => {
     const kinds = found!.timeline.map((t) => `${t.kind}:${t.detector ?? t.text}`)
     expect(kinds).toContain(`link:${victim} apikey.revealed ${key.key_id} from 185.220.101.7 (NL)`)
     expect(kinds).toContain('status:finding acknowledged by token:oncall: looking at it')
+    // What keywatch did: the alerts it sent, and the revoke the policy asked for.
+    expect(kinds).toContain('action:alerted to Slack C0SECURITY')
+    expect(kinds.find((k) => k.startsWith(`action:revoke of ${key.key_prefix} requested by auto:`))).toMatch(/: (requested|confirmed)/)
     const times = found!.timeline.map((t) => t.at)
     expect(times).toEqual([...times].sort())
     // The reveal comes before the new network in the timeline.
