@@ -135,9 +135,14 @@ export class DetectionEngine {
     // JSON (not JSONEachRow): both engines report rows read in its statistics.
     // The limits go in the query's own SETTINGS clause: the embedded engine is one session, where a client-side
     // setting would stay set for every later query. (A custom query has no SETTINGS of its own: refused at load.)
-    const query = d.custom ? `${d.query}\nSETTINGS max_execution_time = ${Math.floor(d.custom.timeoutSeconds)}, readonly = 2` : d.query
+    // 'break' stops it at the limit without an error: the embedded engine hands a failed query's partial output to
+    // the next query of the session, so a run stopped by an exception would garble someone else's answer.
+    const query = d.custom ? `${d.query}\nSETTINGS max_execution_time = ${Math.floor(d.custom.timeoutSeconds)}, timeout_overflow_mode = 'break', readonly = 2` : d.query
     const rs = await this.client.query({ query, query_params: { ...d.params, at: chTime(at.getTime()) }, format: 'JSON' })
     const body = await rs.json<Record<string, unknown>>()
+    const elapsed = Number(body.statistics?.elapsed ?? 0)
+    // Stopped at the limit: its rows are a part of the answer, so none of them is a finding.
+    if (d.custom && elapsed >= d.custom.timeoutSeconds * 0.99) throw new Error(`Timeout exceeded: ran ${elapsed.toFixed(2)} s, the limit is ${d.custom.timeoutSeconds} s`)
     return { rowsRead: Number(body.statistics?.rows_read ?? 0), drafts: body.data.map((row) => d.toFinding(row, d.params)) }
   }
 
@@ -158,7 +163,15 @@ export class DetectionEngine {
     const timedOut = Boolean(error && d.custom && /TIMEOUT_EXCEEDED|Timeout exceeded/i.test(error))
     // A custom detector that fails or runs too long is reported as a finding of its own; its run is skipped and
     // every other detector runs on (each has its own schedule).
-    if (error && d.custom) findings = await this.reportCustomFailure(d, at, error, timedOut).catch(() => [])
+    if (error && d.custom) {
+      // A query that failed while running leaves its partial output in the embedded engine's session: the next
+      // query would read it. This one takes it.
+      await this.client.query({ query: 'SELECT 1', format: 'JSON' }).then((r) => r.text()).catch(() => undefined)
+      findings = await this.reportCustomFailure(d, at, error, timedOut).catch((err) => {
+        this.log.error({ detector: d.id, err: String(err) }, 'could not record the custom detector failure')
+        return []
+      })
+    }
     const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs: performance.now() - started, rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
     for (const listener of this.listeners) {
       void Promise.resolve()
