@@ -74,7 +74,6 @@ interface Link {
 }
 
 export class IncidentStore {
-  private queue: Promise<unknown> = Promise.resolve()
   private lastVersion = 0
 
   constructor(
@@ -84,11 +83,33 @@ export class IncidentStore {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Groups what a detector run (or keywatch) recorded; one queue, so two runs never open two incidents for one subject. */
+  /**
+   * Groups what a detector run (or keywatch) recorded. One at a time, so two runs never open two incidents for one
+   * subject; what arrives meanwhile is grouped together next (under 50 leak reports a second, one round of queries
+   * for many findings rather than one each, on the engine the revocations also wait for).
+   */
   group(recorded: Recorded[]): Promise<Map<string, IncidentRef>> {
-    const next = this.queue.then(() => this.groupNow(recorded))
-    this.queue = next.catch(() => undefined)
-    return next
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ recorded, resolve, reject })
+      if (!this.busy) void this.drain()
+    })
+  }
+
+  private readonly waiting: { recorded: Recorded[]; resolve: (m: Map<string, IncidentRef>) => void; reject: (err: unknown) => void }[] = []
+  private busy = false
+
+  private async drain(): Promise<void> {
+    this.busy = true
+    while (this.waiting.length) {
+      const batch = this.waiting.splice(0)
+      try {
+        const refs = await this.groupNow(batch.flatMap((b) => b.recorded))
+        for (const b of batch) b.resolve(refs)
+      } catch (err) {
+        for (const b of batch) b.reject(err)
+      }
+    }
+    this.busy = false
   }
 
   private async groupNow(recorded: Recorded[]): Promise<Map<string, IncidentRef>> {
