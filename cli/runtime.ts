@@ -106,17 +106,15 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const actions = new ActionStore(storage.client)
   const sender = commandSender(config, log)
   const findingsListeners: FindingsListener[] = []
-  // Grouping into incidents starts as findings are recorded, beside the response (a revoke waits for nothing);
-  // the alerts wait for it, to post a later finding of an incident in its Slack thread.
-  const grouping = new WeakMap<Recorded[], Promise<Map<string, IncidentRef>>>()
+  const groupIntoIncidents = (recorded: Recorded[]) =>
+    incidents.group(recorded).catch((err) => {
+      log.error({ err: String(err) }, 'could not group findings into incidents')
+      return new Map<string, IncidentRef>()
+    })
   const announce = (recorded: Recorded[]) => {
-    grouping.set(
-      recorded,
-      incidents.group(recorded).catch((err) => {
-        log.error({ err: String(err) }, 'could not group findings into incidents')
-        return new Map<string, IncidentRef>()
-      }),
-    )
+    // A running keywatch groups after the response has acted (a revoke waits for nothing) and before alerting;
+    // otherwise (detect --once) at once.
+    if (!started) void groupIntoIncidents(recorded)
     for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
   }
   const raise = async (drafts: FindingDraft[], at: Date) => {
@@ -199,7 +197,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       for (const p of custom.problems) metrics.detectorFileProblem(p.file, p.kind)
       // The response decides first (a leaked key waits for nothing), then the alert says what was done.
       findingsListeners.push(async (recorded) => {
-        const [actions, incidentOf] = await Promise.all([response.onFindings(recorded), grouping.get(recorded) ?? new Map<string, IncidentRef>()])
+        const actions = await response.onFindings(recorded)
+        // Then the incident, so a later finding of one is posted in its Slack thread.
+        const incidentOf = await groupIntoIncidents(recorded)
         const note = (id: string) => {
           const a = actions.find((x) => x.finding_id === id)
           return a && { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }

@@ -236,13 +236,16 @@ async function checkSql(client: ClickHouseClient, f: CustomDetectorFile, problem
 /**
  * What the engine's parser made of the statement: one SELECT (a second statement after `;` is not parsed, so the
  * FORMAT clause the client appends must be the last thing it saw), reading only the detector tables, through no
- * table function but key_inventory_at, and changing no settings.
+ * table function but key_inventory_at, writing no file (INTO OUTFILE) and changing no settings.
  */
 export function refuseUnlessReadOnly(ast: string, query: string): string | undefined {
   const lines = ast.split('\n').map((l) => l.replace(/^"|"$/g, '')).filter((l) => l.trim())
   const root = lines[0]?.trim().split(' ')[0] ?? ''
   if (root !== 'SelectWithUnionQuery') return `only a SELECT is allowed; the engine parsed a ${root.replace(/Query$/, '') || 'nothing'} statement`
   if (!/^ Identifier TabSeparatedRaw$/.test(lines.at(-1) ?? '')) return 'only one statement is allowed (nothing after a ;)'
+  // The root holds the statement and the FORMAT the client appends; anything else there (INTO OUTFILE '…') writes.
+  const extra = lines.slice(1, -1).find((l) => l.length - l.trimStart().length === 1 && !l.trim().startsWith('ExpressionList'))
+  if (extra) return `only a plain SELECT is allowed (no INTO OUTFILE or other clause that writes): the engine parsed ${extra.trim().slice(0, 80)}`
   const ctes = new Set([...query.matchAll(/\b([A-Za-z_][A-Za-z0-9_]*)\s+AS\s*\(/gi)].map((m) => m[1]!))
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i]!

@@ -4,7 +4,7 @@
 // are refused; a slow one is stopped, reported (finding + metric) and the built-ins run on. Through the command
 // line: `keywatch detectors test` (the example and every built-in pass; broken files fail naming file and field)
 // and `keywatch detectors backtest`.
-import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Runtime } from '../cli/runtime.ts'
@@ -31,6 +31,7 @@ const BROKEN: Record<string, string> = {
   'two-statements.yaml': variant('partner.two_statements', [[QUERY, "query: SELECT account_id, key_id FROM key_usage; DROP TABLE findings\n"]]),
   'tokens.yaml': variant('partner.tokens', [[QUERY, 'query: SELECT account_id, token_id AS key_id FROM api_tokens\n']]),
   'outside.yaml': variant('partner.outside', [[QUERY, "query: SELECT * FROM url('http://127.0.0.1:9/x', CSV, 'account_id String')\n"]]),
+  'outfile.yaml': variant('partner.outfile', [[QUERY, "query: SELECT account_id, key_id FROM key_usage INTO OUTFILE '/tmp/keywatch-outfile-probe.csv'\n"]]),
   'bad-column.yaml': variant('partner.bad_column', [['  key_id: key_id\n  severity: severity', '  key_id: the_key\n  severity: severity']]),
   'not-yaml.json': '{ "id": "partner.not_json", ',
 }
@@ -84,6 +85,8 @@ describe('custom detectors in DETECTORS_DIR', () => {
     expect(of('two-statements.yaml')).toEqual([expect.objectContaining({ field: 'query', kind: 'refused', message: expect.stringContaining('one statement') })])
     expect(of('tokens.yaml')).toEqual([expect.objectContaining({ field: 'query', kind: 'refused', message: expect.stringContaining('reads api_tokens') })])
     expect(of('outside.yaml')).toEqual([expect.objectContaining({ field: 'query', kind: 'refused', message: expect.stringContaining('table function url()') })])
+    expect(of('outfile.yaml')).toEqual([expect.objectContaining({ field: 'query', kind: 'refused', message: expect.stringContaining('INTO OUTFILE') })])
+    expect(existsSync('/tmp/keywatch-outfile-probe.csv')).toBe(false)
     expect(of('bad-column.yaml')).toEqual([expect.objectContaining({ field: 'finding.key_id', message: expect.stringContaining('column the_key is not in the query') })])
     expect(of('not-yaml.json')).toEqual([expect.objectContaining({ field: '(file)', message: expect.stringContaining('does not parse') })])
     // The refused statements never ran: the table the second statement drops is there, and nothing was inserted.
