@@ -31,6 +31,8 @@ export interface FindingAlert {
   change: Recorded['change']
   alert: boolean
   action?: ActionNote
+  /** The incident it belongs to: a later finding of an incident is posted in the thread of the incident's first message. */
+  incident?: { incident_id: string; opened: boolean; earlier: string[] }
 }
 
 interface Payload {
@@ -40,6 +42,8 @@ interface Payload {
   update_of?: string
   /** The finding's title, for a summary that counts this alert in. */
   title?: string
+  /** The incident's earlier findings, oldest first: the reply goes in the thread of the first one posted here. */
+  thread_of?: string[]
 }
 
 export class AlertService {
@@ -112,14 +116,14 @@ export class AlertService {
     const send: NewAlert[] = []
     const noted: string[] = []
     const hold: { alert: NewAlert; title: string; destination: string }[] = []
-    for (const { finding, action } of wanted) {
+    for (const { finding, action, incident } of wanted) {
       for (const d of destinationsFor(this.config.routes, finding, { slack: Boolean(this.slack), email: Boolean(this.mailer) })) {
         // One alert per finding and destination per dedup window, unless the severity rose since the last one.
         const dedupKey = `${finding.finding_id}\u0000${d.channel}:${d.destination}`
         const last = this.lastAlertOf(dedupKey, earlier, finding.finding_id, d)
         const rank = SEVERITY_RANK[finding.severity]
         if (last && last.at > since && rank <= last.rank) continue
-        const alert: NewAlert = { channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action)) }
+        const alert: NewAlert = { channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action, incident)) }
         if (this.withinCap(`${d.channel}:${d.destination}`)) {
           this.lastAlerted.set(dedupKey, { at: this.now(), rank })
           noted.push(dedupKey)
@@ -226,9 +230,23 @@ export class AlertService {
     return rows.map((r) => r.account_id)
   }
 
-  private payload(channel: OutboxAlert['channel'], f: Finding, action: ActionNote | undefined): Payload {
+  private payload(channel: OutboxAlert['channel'], f: Finding, action: ActionNote | undefined, incident?: FindingAlert['incident']): Payload {
     if (channel === 'email') return { mail: findingMail(f, action, this.config.publicUrl), title: f.title }
-    return { slack: slackMessage(f, action, this.config.publicUrl), title: f.title }
+    const slack = slackMessage(f, action, this.config.publicUrl)
+    if (!incident) return { slack, title: f.title }
+    const link = `${this.config.publicUrl.replace(/\/$/, '')}/#/incidents/${incident.incident_id}`
+    const note = incident.opened ? `Opens incident <${link}|${incident.incident_id}>` : `Part of incident <${link}|${incident.incident_id}> (${incident.earlier.length + 1} findings)`
+    return { slack: { ...slack, blocks: [...slack.blocks, { type: 'context', elements: [{ type: 'mrkdwn', text: note }] }] }, title: f.title, thread_of: incident.earlier.length ? incident.earlier : undefined }
+  }
+
+  /** The Slack thread of an incident in this channel: the message of its earliest finding posted there. */
+  private async threadOf(findingIds: string[], channel: string): Promise<string | undefined> {
+    for (const id of findingIds) {
+      const ts = this.posted.get(id)?.get(channel)
+      if (ts) return ts
+    }
+    const posted = (await this.outbox.forFindings(findingIds)).filter((a) => a.kind === 'finding' && a.channel === 'slack' && a.destination === channel && a.slack_ts)
+    return findingIds.map((id) => posted.find((a) => a.finding_id === id)?.slack_ts).find(Boolean)
   }
 
   /** The per-destination cap: true while the destination's minute has room (the slot is taken). */
@@ -317,7 +335,9 @@ export class AlertService {
         await this.slack.chat.update({ channel: alert.destination, ts, text: payload.slack!.text, blocks: payload.slack!.blocks as never })
         return { ok: true, slack_ts: ts }
       }
-      const answer = await this.slack.chat.postMessage({ channel: alert.destination, text: payload.slack!.text, blocks: payload.slack!.blocks as never, unfurl_links: false })
+      // The channel's queue is in order, so an incident's first message was posted (and its ts known) before this one.
+      const thread = payload.thread_of?.length ? await this.threadOf(payload.thread_of, alert.destination) : undefined
+      const answer = await this.slack.chat.postMessage({ channel: alert.destination, text: payload.slack!.text, blocks: payload.slack!.blocks as never, unfurl_links: false, ...(thread ? { thread_ts: thread } : {}) })
       return { ok: true, slack_ts: answer.ts }
     } catch (err) {
       const e = err as WebAPICallError & { retryAfter?: number; statusCode?: number; data?: { error?: string } }

@@ -28,6 +28,9 @@ export async function detectorRoutes(app: FastifyInstance, deps: { client: Click
         lookback: d.lookback,
         params: d.params,
         runbook: d.runbook,
+        // A security team's own detector says which file it came from.
+        source: d.custom ? 'custom' : 'built-in',
+        ...(d.custom ? { file: d.custom.file, timeout_seconds: d.custom.timeoutSeconds } : {}),
         last_run: last.get(d.id) ?? null,
       })),
     }

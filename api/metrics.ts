@@ -22,6 +22,7 @@ export class Metrics {
   })
   private readonly rowsRead = new Counter({ name: 'keywatch_detector_rows_read_total', help: 'Rows read by detector runs', labelNames: ['detector'], registers: [this.registry] })
   private readonly findings = new Counter({ name: 'keywatch_findings_total', help: 'Findings raised or reopened', labelNames: ['detector', 'severity', 'change'], registers: [this.registry] })
+  private readonly detectorProblems = new Counter({ name: 'keywatch_detector_problems_total', help: 'Detector runs that failed or timed out, and custom detector files refused at load', labelNames: ['detector', 'kind'], registers: [this.registry] })
   private readonly actions = new Counter({ name: 'keywatch_actions_total', help: 'Key actions by command and status reached', labelNames: ['command', 'status'], registers: [this.registry] })
 
   constructor() {
@@ -46,6 +47,12 @@ export class Metrics {
   detectorRun(run: RunResult): void {
     this.runs.observe({ detector: run.detector, outcome: run.error ? 'error' : 'ok' }, run.durationMs / 1000)
     this.rowsRead.inc({ detector: run.detector }, run.rowsRead)
+    if (run.error) this.detectorProblems.inc({ detector: run.detector, kind: run.timedOut ? 'timeout' : 'error' })
+  }
+
+  /** A custom detector file skipped at load: `kind` invalid (its fields) or refused (its SQL). */
+  detectorFileProblem(file: string, kind: string): void {
+    this.detectorProblems.inc({ detector: file, kind })
   }
 
   findingsRecorded(recorded: Recorded[]): void {

@@ -26,6 +26,8 @@ import { HTTP_STATUS_OF_KIND, KeywatchError } from '../core/errors.ts'
 import { ApiError } from './errors.ts'
 import { exportRoutes, type ExportApiDeps } from './exports.ts'
 import { findingRoutes } from './findings.ts'
+import { incidentRoutes } from './incidents.ts'
+import type { IncidentStore } from '../incidents/store.ts'
 import { keyRoutes } from './keys.ts'
 import { leakRoutes, type GithubPublicKey } from './leaks.ts'
 import type { Metrics } from './metrics.ts'
@@ -41,6 +43,8 @@ export interface ApiDeps {
   client: ClickHouseClient
   pipeline: IngestPipeline
   findings: FindingStore
+  /** Findings grouped into incidents (GET /v1/incidents). */
+  incidents?: IncidentStore
   detection: DetectionEngine
   actions: ActionStore
   response: ResponseEngine
@@ -159,6 +163,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => leakRoutes(scope, { pipeline: deps.pipeline, client: deps.client, githubKeys: deps.githubKeys }))
   await app.register(async (scope) => keyRoutes(scope, deps))
   await app.register(async (scope) => findingRoutes(scope, deps))
+  await app.register(async (scope) => incidentRoutes(scope, deps))
   await app.register(async (scope) => detectorRoutes(scope, deps))
   await app.register(async (scope) => responseRoutes(scope, deps))
   await app.register(async (scope) => tokenRoutes(scope, deps))

@@ -17,6 +17,7 @@ import { registerResponseCommands } from './response-commands.ts'
 import { registerTokenCommands } from './token-commands.ts'
 import { registerComplianceCommands } from './compliance-commands.ts'
 import { registerDemoCommand } from './demo-command.ts'
+import { registerDetectorCommands } from './detector-commands.ts'
 import { progressBar } from './progress.ts'
 import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
 import type { Metrics } from '../api/metrics.ts'
@@ -262,6 +263,7 @@ registerResponseCommands(program)
 registerTokenCommands(program)
 registerComplianceCommands(program)
 registerDemoCommand(program)
+registerDetectorCommands(program)
 
 try {
   await program.parseAsync(process.argv)

@@ -8,6 +8,10 @@ import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
+import { loadCustomDetectors, problemText, type LoadProblem } from '../detectors/custom.ts'
+import { DETECTORS } from '../detectors/index.ts'
+import type { Fixtures } from '../detectors/detector.ts'
+import { IncidentStore, type IncidentRef } from '../incidents/store.ts'
 import { FindingStore, type Recorded } from '../detectors/findings.ts'
 import type { FindingDraft } from '../detectors/detector.ts'
 import { KafkaProducer } from '../ingest/kafka.ts'
@@ -43,11 +47,17 @@ export interface Runtime {
   /** keywatch's own hash-chained audit trail. */
   audit: AuditTrail
   alerts: AlertService
+  /** Findings grouped into incidents (grouped as they are recorded). */
+  incidents: IncidentStore
+  /** The detectors loaded from DETECTORS_DIR, their fixtures, and the files skipped (each problem names file and field). */
+  customDetectors: { ids: string[]; fixtures: Record<string, Fixtures>; problems: LoadProblem[] }
   /** The Ed25519 key that signs export manifests (read, or made, on first use). */
   exportSigningKey: () => KeyObject
   version: string
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
+  /** Records findings raised outside a detector run (keywatch itself, a person, a test) and tells the listeners. */
+  raise(drafts: FindingDraft[], at: Date): Promise<Recorded[]>
   /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
   onFindings(listener: FindingsListener): void
   close(): Promise<void>
@@ -90,11 +100,29 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   })
   const pipeline = new IngestPipeline(storage.client, writer)
   const findings = new FindingStore(storage.client)
-  const detection = new DetectionEngine(storage.client, findings, log, config.detectorOverrides)
+  // A security team's own detectors: a broken file is reported (here, and as a finding once services start) and skipped.
+  const custom = config.detectorsDir ? await loadCustomDetectors(storage.client, config.detectorsDir, DETECTORS.map((d) => d.id)) : { detectors: [], fixtures: {}, problems: [] }
+  for (const p of custom.problems) log.error({ file: p.file, field: p.field, problem: p.message, kind: p.kind }, `custom detector skipped: ${problemText(p)}`)
+  if (custom.detectors.length) log.info({ detectors: custom.detectors.map((d) => d.id), dir: config.detectorsDir }, 'custom detectors loaded')
+  let detection: DetectionEngine
+  try {
+    detection = new DetectionEngine(storage.client, findings, log, config.detectorOverrides, [...DETECTORS, ...custom.detectors])
+  } catch (err) {
+    await storage.close()
+    throw err
+  }
   const actions = new ActionStore(storage.client)
   const sender = commandSender(config, log)
   const findingsListeners: FindingsListener[] = []
+  const groupIntoIncidents = (recorded: Recorded[]) =>
+    incidents.group(recorded).catch((err) => {
+      log.error({ err: String(err) }, 'could not group findings into incidents')
+      return new Map<string, IncidentRef>()
+    })
   const announce = (recorded: Recorded[]) => {
+    // A running keywatch groups after the response has acted (a revoke waits for nothing) and before alerting;
+    // otherwise (detect --once) at once.
+    if (!started) void groupIntoIncidents(recorded)
     for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
   }
   const raise = async (drafts: FindingDraft[], at: Date) => {
@@ -114,6 +142,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
   const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
   const alerts = new AlertService(storage.client, config.alerts, log)
+  const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
     // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.
@@ -161,8 +190,11 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     metrics,
     audit,
     alerts,
+    incidents,
+    customDetectors: { ids: custom.detectors.map((d) => d.id), fixtures: custom.fixtures, problems: custom.problems },
     exportSigningKey: signer,
     version: VERSION,
+    raise,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
@@ -170,14 +202,17 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       await response.start()
       await alerts.start()
       alerts.scheduleDigests()
+      for (const p of custom.problems) metrics.detectorFileProblem(p.file, p.kind)
       // The response decides first (a leaked key waits for nothing), then the alert says what was done.
       findingsListeners.push(async (recorded) => {
         const actions = await response.onFindings(recorded)
+        // Then the incident, so a later finding of one is posted in its Slack thread.
+        const incidentOf = await groupIntoIncidents(recorded)
         const note = (id: string) => {
           const a = actions.find((x) => x.finding_id === id)
           return a && { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }
         }
-        await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id) })))
+        await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id), incident: incidentOf.get(r.finding.finding_id) })))
       })
       findings.onStatusChange((f) => void alerts.onFindingChanged(f).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
       response.onAction((a) => {
@@ -192,6 +227,22 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
       })
       detection.schedule()
+      // Files skipped at load are findings too (once the alerts listen), so a broken rule does not go unnoticed.
+      if (custom.problems.length) {
+        const byFile = new Map<string, LoadProblem[]>()
+        for (const p of custom.problems) byFile.set(p.file, [...(byFile.get(p.file) ?? []), p])
+        void raise(
+          [...byFile].map(([file, problems]) => ({
+            detector: 'detector.custom_invalid',
+            severity: 'medium' as const,
+            account_id: '',
+            title: `Custom detector file ${file} skipped: ${problems[0]!.field}: ${problems[0]!.message}`.slice(0, 300),
+            evidence: { file, problems: problems.map((p) => `${p.field}: ${p.message}`), refused: problems.some((p) => p.kind === 'refused') },
+            dedupKey: `detector.custom_invalid:${file}`,
+          })),
+          new Date(),
+        ).catch((err) => log.error({ err: String(err) }, 'could not record the custom detector problems'))
+      }
       if (config.exports.scheduled) {
         stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
       }
@@ -227,6 +278,7 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     client: rt.storage.client,
     pipeline: rt.pipeline,
     findings: rt.findings,
+    incidents: rt.incidents,
     detection: rt.detection,
     actions: rt.actions,
     response: rt.response,

@@ -56,6 +56,8 @@ const envSchema = z.object({
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
     .optional(),
+  DETECTORS_DIR: z.string().min(1).optional(),
+  INCIDENT_WINDOW_HOURS: positiveInt.max(24 * 30, 'must be at most 720 (30 days)').default(24),
   GITHUB_SECRET_SCANNING_KEYS_FILE: z.string().min(1).optional(),
   RESPONSE_POLICY_FILE: z.string().min(1).optional(),
   KEY_SERVICE_URL: z.url('must be the key service base URL, e.g. https://keys.internal').optional(),
@@ -117,6 +119,10 @@ export interface Config {
   exports: { dir: string; signingKeyFile: string; scheduled: boolean; scheduledFormat: 'csv' | 'ndjson' | 'parquet' }
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
+  /** The security team's own detector files (YAML or JSON), loaded beside the built-in ones. */
+  detectorsDir?: string
+  /** Findings on linked subjects (a key, its users) within this many hours of each other are one incident. */
+  incidents: { windowHours: number }
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL']
   logFormat: z.infer<typeof envSchema>['LOG_FORMAT']
 }
@@ -184,6 +190,8 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       scheduledFormat: e.EXPORT_SCHEDULE_FORMAT,
     },
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
+    detectorsDir: e.DETECTORS_DIR ? resolve(e.DETECTORS_DIR) : undefined,
+    incidents: { windowHours: e.INCIDENT_WINDOW_HOURS },
     githubKeys: e.GITHUB_SECRET_SCANNING_KEYS_FILE ? readGithubKeys(e.GITHUB_SECRET_SCANNING_KEYS_FILE) : [],
     logLevel: e.LOG_LEVEL,
     logFormat: e.LOG_FORMAT,

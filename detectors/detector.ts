@@ -38,6 +38,8 @@ export interface Detector<P extends Params = Params, Row = Record<string, unknow
   toFinding(row: Row, params: P): FindingDraft
   /** One line telling the on-call engineer what to do. */
   runbook: string
+  /** Set on a detector loaded from a file in DETECTORS_DIR (detectors/custom.ts): runs read-only, with a time limit. */
+  custom?: { file: string; timeoutSeconds: number }
 }
 
 /** Keeps P's literal keys while checking the definition. */

@@ -10,25 +10,9 @@ import { openTestStorage, tempDir } from '../test/helpers.ts'
 import type { Fixtures } from './detector.ts'
 import { DetectionEngine } from './engine.ts'
 import { FindingStore } from './findings.ts'
-import * as abuse from './fixtures/abuse.ts'
-import * as keys from './fixtures/keys.ts'
-import * as leak from './fixtures/leak.ts'
+import { BUILTIN_FIXTURES } from './fixtures/index.ts'
 
-const FIXTURES: Record<string, Fixtures> = {
-  'leak.public_report': leak.publicReport,
-  'leak.unmatched_report': leak.unmatchedReport,
-  'leak.secret_key_client_side': abuse.secretKeyClientSide,
-  'abuse.ratelimit_spike': abuse.ratelimitSpike,
-  'abuse.key_enumeration': abuse.keyEnumeration,
-  'auth.mfa_bruteforce': abuse.mfaBruteforce,
-  'key.mode_mismatch': abuse.modeMismatch,
-  'key.used_after_revocation': keys.usedAfterRevocation,
-  'key.stale': keys.stale,
-  'key.rotation_overdue': keys.rotationOverdue,
-  'key.rotation_due_soon': keys.rotationDueSoon,
-  'key.rotation_stalled': keys.rotationStalled,
-  'key.expiring_in_use': keys.expiringInUse,
-}
+const FIXTURES: Record<string, Fixtures> = BUILTIN_FIXTURES
 
 let storage: Storage
 let engine: DetectionEngine

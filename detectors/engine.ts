@@ -15,6 +15,8 @@ export interface RunResult {
   rowsRead: number
   findings: Recorded[]
   error?: string
+  /** A custom detector stopped at its time limit. */
+  timedOut?: boolean
 }
 
 export interface Logger {
@@ -125,6 +127,25 @@ export class DetectionEngine {
     await Promise.allSettled([...this.running.values()])
   }
 
+  /**
+   * Runs a detector's query as of `at` and maps its rows to drafts, recording nothing (backtests, and every run).
+   * A custom detector runs read-only (readonly=2: no writes, whatever the SQL) and is stopped after its time limit.
+   */
+  async evaluate(d: Detector<Params, unknown>, at: Date): Promise<{ drafts: FindingDraft[]; rowsRead: number }> {
+    // JSON (not JSONEachRow): both engines report rows read in its statistics.
+    // The limits go in the query's own SETTINGS clause: the embedded engine is one session, where a client-side
+    // setting would stay set for every later query. (A custom query has no SETTINGS of its own: refused at load.)
+    // 'break' stops it at the limit without an error: the embedded engine hands a failed query's partial output to
+    // the next query of the session, so a run stopped by an exception would garble someone else's answer.
+    const query = d.custom ? `${d.query}\nSETTINGS max_execution_time = ${Math.floor(d.custom.timeoutSeconds)}, timeout_overflow_mode = 'break', readonly = 2` : d.query
+    const rs = await this.client.query({ query, query_params: { ...d.params, at: chTime(at.getTime()) }, format: 'JSON' })
+    const body = await rs.json<Record<string, unknown>>()
+    const elapsed = Number(body.statistics?.elapsed ?? 0)
+    // Stopped at the limit: its rows are a part of the answer, so none of them is a finding.
+    if (d.custom && elapsed >= d.custom.timeoutSeconds * 0.99) throw new Error(`Timeout exceeded: ran ${elapsed.toFixed(2)} s, the limit is ${d.custom.timeoutSeconds} s`)
+    return { rowsRead: Number(body.statistics?.rows_read ?? 0), drafts: body.data.map((row) => d.toFinding(row, d.params)) }
+  }
+
   private async execute(d: Detector<Params, unknown>, at: Date): Promise<RunResult> {
     const started = performance.now()
     const startedAt = new Date()
@@ -132,17 +153,26 @@ export class DetectionEngine {
     let findings: Recorded[] = []
     let error: string | undefined
     try {
-      // JSON (not JSONEachRow): both engines report rows read in its statistics.
-      const rs = await this.client.query({ query: d.query, query_params: { ...d.params, at: chTime(at.getTime()) }, format: 'JSON' })
-      const body = await rs.json<Record<string, unknown>>()
-      rowsRead = Number(body.statistics?.rows_read ?? 0)
-      const drafts: FindingDraft[] = body.data.map((row) => d.toFinding(row, d.params))
-      findings = await this.findings.record(drafts, at)
+      const evaluated = await this.evaluate(d, at)
+      rowsRead = evaluated.rowsRead
+      findings = await this.findings.record(evaluated.drafts, at)
     } catch (err) {
       error = (err as Error).message
       this.log.error({ detector: d.id, err: error }, 'detector failed')
     }
-    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs: performance.now() - started, rowsRead, findings, ...(error ? { error } : {}) }
+    const timedOut = Boolean(error && d.custom && /TIMEOUT_EXCEEDED|Timeout exceeded/i.test(error))
+    // A custom detector that fails or runs too long is reported as a finding of its own; its run is skipped and
+    // every other detector runs on (each has its own schedule).
+    if (error && d.custom) {
+      // A query that failed while running leaves its partial output in the embedded engine's session: the next
+      // query would read it. This one takes it.
+      await this.client.query({ query: 'SELECT 1', format: 'JSON' }).then((r) => r.text()).catch(() => undefined)
+      findings = await this.reportCustomFailure(d, at, error, timedOut).catch((err) => {
+        this.log.error({ detector: d.id, err: String(err) }, 'could not record the custom detector failure')
+        return []
+      })
+    }
+    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs: performance.now() - started, rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
     for (const listener of this.listeners) {
       void Promise.resolve()
         .then(() => listener(result))
@@ -152,9 +182,26 @@ export class DetectionEngine {
       .insert({
         table: 'detector_runs',
         format: 'JSONEachRow',
-        values: [{ detector: d.id, started_at: chTime(startedAt.getTime()), as_of: chTime(at.getTime()), duration_ms: result.durationMs, rows_read: rowsRead, findings: findings.length, error: error ?? '' }],
+        values: [{ detector: d.id, started_at: chTime(startedAt.getTime()), as_of: chTime(at.getTime()), duration_ms: result.durationMs, rows_read: rowsRead, findings: error ? 0 : findings.length, error: error ?? '' }],
       })
       .catch((err) => this.log.error({ err: String(err) }, 'could not record the detector run'))
     return result
+  }
+
+  private reportCustomFailure(d: Detector<Params, unknown>, at: Date, error: string, timedOut: boolean): Promise<Recorded[]> {
+    const why = timedOut ? `ran longer than its ${d.custom!.timeoutSeconds} s limit and was stopped` : 'failed'
+    return this.findings.record(
+      [
+        {
+          detector: 'detector.custom_failed',
+          severity: 'medium',
+          account_id: '',
+          title: `Custom detector ${d.id} ${why}`,
+          evidence: { detector: d.id, file: d.custom!.file, error: error.split('\n')[0]!.slice(0, 300), timed_out: timedOut, timeout_seconds: d.custom!.timeoutSeconds },
+          dedupKey: `detector.custom_failed:${d.id}`,
+        },
+      ],
+      at,
+    )
   }
 }

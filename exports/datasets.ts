@@ -1,10 +1,11 @@
 // What a compliance export holds. `security-log`: the auth events (logins, MFA, members), the key lifecycle (who
 // created, rotated, revoked which key) and keywatch's own audit trail, in one time-ordered table. `key-usage`: every
-// API request made with a key, in storage order (account, key, time), which streams without a sort.
+// API request made with a key, in storage order (account, key, time), which streams without a sort. `incidents`:
+// every finding grouped into an incident, with the incident it is in (incidents/store.ts).
 // Only rows received up to the export's snapshot are read, so its row count and its file agree.
 import { z } from 'zod'
 
-export const DATASETS = ['security-log', 'key-usage'] as const
+export const DATASETS = ['security-log', 'key-usage', 'incidents'] as const
 export type Dataset = (typeof DATASETS)[number]
 export const FORMATS = ['csv', 'ndjson', 'parquet'] as const
 export type ExportFormat = (typeof FORMATS)[number]
@@ -48,8 +49,19 @@ FROM key_usage
 WHERE ${WINDOW} AND ({account:String} = '' OR account_id = {account:String})
 ORDER BY account_id, key_id, occurred_at`
 
+/** Every finding of every incident: one row per finding, in the order they were raised, with the incident it is in. */
+const INCIDENTS = `
+SELECT m.at AS at, m.incident_id AS incident_id, m.account_id AS account_id, i.opened_at AS incident_opened_at, i.title AS incident_title,
+       m.finding_id AS finding_id, m.detector AS detector, m.severity AS severity, m.title AS title, m.subject AS subject, m.linked_by AS linked_by
+FROM (SELECT * FROM incident_findings FINAL
+      WHERE at >= {from:DateTime64(3, 'UTC')} AND at < {to:DateTime64(3, 'UTC')} AND added_at <= {snapshot:DateTime64(3, 'UTC')}
+        AND ({account:String} = '' OR account_id = {account:String})) AS m
+LEFT JOIN (SELECT incident_id, opened_at, title FROM incidents FINAL) AS i ON m.incident_id = i.incident_id
+ORDER BY at, incident_id, finding_id`
+
 const TEXT_COLUMNS: Record<Dataset, string[]> = {
   'security-log': ['source', 'event_id', 'account_id', 'actor', 'action', 'target', 'key_prefix', 'ip', 'country', 'outcome', 'detail'],
+  incidents: ['incident_id', 'account_id', 'incident_title', 'finding_id', 'detector', 'severity', 'title', 'subject', 'linked_by'],
   'key-usage': ['event_id', 'account_id', 'key_id', 'key_prefix', 'key_kind', 'mode', 'request_id', 'method', 'endpoint', 'scope', 'error_code', 'ip', 'country', 'user_agent', 'origin', 'sdk', 'client_env', 'currency'],
 }
 
@@ -58,7 +70,7 @@ const TEXT_COLUMNS: Record<Dataset, string[]> = {
  * leading quote: an export must not become an attack on the auditor's machine.
  */
 export function datasetQuery(dataset: Dataset, format: ExportFormat): string {
-  const base = dataset === 'security-log' ? SECURITY_LOG : KEY_USAGE
+  const base = dataset === 'security-log' ? SECURITY_LOG : dataset === 'incidents' ? INCIDENTS : KEY_USAGE
   if (format !== 'csv') return base
   const cols = TEXT_COLUMNS[dataset]
   return `SELECT * REPLACE (${cols.map((c) => `if(match(${c}, '^[=+\\\\-@\\\\t\\\\r]'), concat('''', ${c}), ${c}) AS ${c}`).join(', ')}) FROM (${base})`
@@ -68,5 +80,6 @@ export function datasetQuery(dataset: Dataset, format: ExportFormat): string {
 export function unsupportedFilter(dataset: Dataset, filter: ExportFilter): string | undefined {
   if (dataset === 'key-usage' && filter.actor) return 'actor: key-usage has no actor (filter the security-log)'
   if (dataset === 'key-usage' && filter.action) return 'action: key-usage has no action (filter the security-log)'
+  if (dataset === 'incidents' && (filter.actor || filter.action)) return `${filter.actor ? 'actor' : 'action'}: incidents have no ${filter.actor ? 'actor' : 'action'} (filter by account)`
   return undefined
 }

@@ -182,13 +182,13 @@ describe('the manifest', () => {
 })
 
 describe('scheduled exports', () => {
-  it("write the day before and the month before, both datasets, each with a signed manifest", async () => {
+  it("write the day before and the month before, every dataset, each with a signed manifest", async () => {
     const dir = join(out, 'scheduled')
     const options = { storage: rt.storage, dir, format: 'ndjson' as const, signingKey: rt.exportSigningKey, version: rt.version, log: rt.log }
     const daily = await exportPeriod(options, 'daily', new Date(Date.now() + 86_400_000))
     const today = new Date().toISOString().slice(0, 10)
-    expect(daily.map((m) => m.file)).toEqual([`security-log-${today}.ndjson`, `key-usage-${today}.ndjson`])
-    expect(daily.map((m) => m.generated_by)).toEqual(['keywatch', 'keywatch'])
+    expect(daily.map((m) => m.file)).toEqual([`security-log-${today}.ndjson`, `key-usage-${today}.ndjson`, `incidents-${today}.ndjson`])
+    expect(daily.map((m) => m.generated_by)).toEqual(['keywatch', 'keywatch', 'keywatch'])
     const [day] = await queryRows<{ n: number }>(rt.storage.client, `SELECT count() AS n FROM key_usage WHERE toDate(occurred_at) = toDate({d:String})`, { d: today })
     expect(daily[1]!.rows).toBe(Number(day!.n))
     for (const m of daily) expect(await verifyExport(join(dir, 'daily', m.file), join(dir, 'daily', `${m.file}.manifest.json`))).toMatchObject({ ok: true })

@@ -63,6 +63,8 @@ const pages = [
   [/^#\/?$/, overview],
   [/^#\/keys\/(key_[A-Za-z0-9]+)$/, keyPage],
   [/^#\/keys(\?.*)?$/, keys],
+  [/^#\/incidents\/(inc_[a-f0-9]+)$/, incidentPage],
+  [/^#\/incidents(\?.*)?$/, incidents],
   [/^#\/findings(\?.*)?$/, findings],
   [/^#\/actions$/, actions],
   [/^#\/alerts$/, alerts],
@@ -181,9 +183,10 @@ async function keys(query = '') {
 
 async function keyPage(id) {
   const usageWindow = windowOf(2 * 86400000, 3600)
-  const [detail, exposure] = await Promise.all([
+  const [detail, exposure, keyIncidents] = await Promise.all([
     api(`/v1/keys/${id}?interval=hour&from=${new Date(usageWindow.from * 1000).toISOString()}`),
     api(`/v1/keys/${id}/exposure?from=${new Date(Date.now() - 30 * 86400000).toISOString()}`),
+    api(`/v1/incidents?key=${id}&limit=50`),
   ])
   const k = detail.key
   main.innerHTML = `<h1>${esc(k.key_prefix)} <span class="muted">${esc(k.key_id)}</span></h1>
@@ -200,6 +203,7 @@ async function keyPage(id) {
     <div class="card"><h2>Countries (30 days)</h2><table><tr><th>Country</th><th>Requests</th><th>Accepted</th></tr>${exposure.countries.map((c) => `<tr><td>${esc(c.country || '—')}</td><td>${num(c.requests)}</td><td>${num(c.accepted)}</td></tr>`).join('')}</table></div>
   </div>
   <div class="card"><h2>Lifecycle</h2><table><tr><th>When</th><th>What</th><th>Who</th><th></th></tr>${detail.lifecycle.map((l) => `<tr><td>${esc(l.at)}</td><td>${esc(l.action)}</td><td>${esc(l.actor_type)}:${esc(l.actor_id ?? '')}</td><td>${esc(l.reason ?? l.replacement_key_id ?? '')}</td></tr>`).join('')}</table></div>
+  <div class="card" id="key-incidents"><h2>Incidents</h2>${incidentTable(keyIncidents.incidents)}</div>
   <div class="card"><h2>Findings</h2><table><tr><th>Severity</th><th>Detector</th><th>Title</th><th>Status</th><th>Last seen</th></tr>${detail.findings.map((f) => `<tr><td>${sev(f.severity)}</td><td>${esc(f.detector)}</td><td>${esc(f.title)}</td><td>${esc(f.status)}</td><td>${esc(f.last_seen_at)}</td></tr>`).join('') || '<tr><td colspan="5" class="muted">none</td></tr>'}</table></div>
   <div class="card"><h2>Actions</h2><table><tr><th>Requested</th><th>Command</th><th>Status</th><th>By</th><th>Detail</th></tr>${detail.actions.map((a) => `<tr><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td>${esc(a.status)}</td><td>${esc(a.requested_by)}</td><td>${esc(a.status_detail)}</td></tr>`).join('') || '<tr><td colspan="5" class="muted">none</td></tr>'}</table></div>
   <div class="card"><h2>Exposure (30 days)</h2><p>Money moved: ${exposure.money.map((m) => `${(m.amount_minor / 100).toFixed(2)} ${esc(m.currency)}`).join(', ') || 'none'} · writes ${num(exposure.totals.write_requests)} · after the window ${num(exposure.after_window.requests)}</p></div>`
@@ -221,6 +225,54 @@ async function keyPage(id) {
     }
     await route()
   })
+}
+
+function incidentTable(list) {
+  if (!list.length) return '<p class="muted">None.</p>'
+  return `<table><thead><tr><th>Severity</th><th>Incident</th><th>Account</th><th>About</th><th>Findings</th><th>Status</th><th>Opened</th><th>Latest</th></tr></thead><tbody>
+  ${list
+    .map(
+      (i) => `<tr data-testid="incident-row" data-incident="${esc(i.incident_id)}"><td>${sev(i.severity)}</td><td><a href="#/incidents/${esc(i.incident_id)}">${esc(i.title)}</a></td><td>${esc(i.account_id)}</td>
+      <td>${i.subjects.map((s) => (s.startsWith('key:') ? `<a href="#/keys/${esc(s.slice(4))}">${esc(s.slice(4))}</a>` : esc(s.replace(/^[a-z]+:/, '')))).join(', ')}</td>
+      <td data-testid="incident-findings">${num(i.findings)}</td><td>${esc(i.status)}</td><td>${esc(i.opened_at.slice(0, 16))}</td><td>${esc(i.last_finding_at.slice(0, 16))}</td></tr>`,
+    )
+    .join('')}</tbody></table>`
+}
+
+async function incidents(query = '') {
+  const params = new URLSearchParams(query.replace(/^\?/, ''))
+  if (!params.has('status')) params.set('status', 'open')
+  if (params.get('status') === 'any') params.delete('status')
+  const list = await api(`/v1/incidents?${params}&limit=500`)
+  const selected = (v) => ((params.get('status') ?? 'any') === v ? 'selected' : '')
+  main.innerHTML = `<h1>Incidents</h1>
+  <p class="muted">Findings on one key, the users who created, revealed or rotated it, and their account, close together in time.</p>
+  <form class="filters" id="incident-filters">
+    <select name="status">${['open', 'resolved', 'any'].map((s) => `<option ${selected(s)}>${s}</option>`).join('')}</select>
+    <input name="account" placeholder="acct_…" value="${esc(params.get('account') ?? '')}">
+    <button type="submit">Filter</button>
+  </form>
+  <p class="muted"><span data-testid="incidents-count">${num(list.incidents.length)}</span> incidents</p>
+  <div class="card">${incidentTable(list.incidents)}</div>`
+  document.getElementById('incident-filters').addEventListener('submit', (e) => {
+    e.preventDefault()
+    const form = new FormData(e.target)
+    const next = new URLSearchParams()
+    for (const name of ['status', 'account']) if (form.get(name)) next.set(name, String(form.get(name)))
+    location.hash = `#/incidents?${next}`
+  })
+}
+
+async function incidentPage(id) {
+  const { incident: i, findings: members, timeline } = await api(`/v1/incidents/${id}`)
+  const icon = { finding: '⚑', action: '⚙', status: '✓', link: '↔' }
+  main.innerHTML = `<h1>${sev(i.severity)} ${esc(i.title)}</h1>
+  <p class="muted">${esc(i.incident_id)} · ${esc(i.account_id)} · ${esc(i.status)} · opened ${esc(i.opened_at)} · latest finding ${esc(i.last_finding_at)}</p>
+  <p>About: ${i.subjects.map((s) => (s.startsWith('key:') ? `<a href="#/keys/${esc(s.slice(4))}">${esc(s.slice(4))}</a>` : esc(s))).join(', ')}</p>
+  <div class="card"><h2>Findings (<span data-testid="incident-finding-count">${num(members.length)}</span>)</h2><table><tr><th>Raised</th><th>Severity</th><th>Detector</th><th>Title</th><th>About</th><th>Joined by</th></tr>
+  ${members.map((m) => `<tr data-testid="incident-finding"><td>${esc(m.at)}</td><td>${sev(m.severity)}</td><td>${esc(m.detector)}</td><td>${esc(m.title)}</td><td>${esc(m.subject)}</td><td>${esc(m.linked_by || 'opened it')}</td></tr>`).join('')}</table></div>
+  <div class="card"><h2>Timeline</h2><table><tr><th>When</th><th></th><th>What</th></tr>
+  ${timeline.map((t) => `<tr data-testid="timeline-entry" data-kind="${esc(t.kind)}"><td>${esc(t.at)}</td><td title="${esc(t.kind)}">${icon[t.kind] ?? ''} ${t.severity ? sev(t.severity) : esc(t.kind)}</td><td>${t.detector ? `<code>${esc(t.detector)}</code> ` : ''}${esc(t.text)}</td></tr>`).join('')}</table></div>`
 }
 
 async function findings(query = '') {
