@@ -17,13 +17,22 @@ export interface InteractionDeps {
   audit: AuditLog
   /** Revokes (or, for an auto-generated key, resets) the finding's key; resolves with what happened. */
   revoke: (finding: Finding, actor: string) => Promise<{ status: string; detail: string }>
+  /** Approves or rejects an automatic action awaiting approval (the response engine's decideApproval). */
+  decideApproval?: (actionId: string, decision: 'approve' | 'reject', actor: string) => Promise<{ status: string; detail: string }>
   now?: () => number
 }
 
 const payloadSchema = z.object({
   type: z.literal('block_actions'),
   user: z.object({ id: z.string().min(1) }),
-  actions: z.array(z.object({ action_id: z.enum(['acknowledge', 'snooze', 'revoke']), value: z.string().regex(/^fnd_[a-f0-9]{24}$/) })).min(1),
+  actions: z
+    .array(
+      z.union([
+        z.object({ action_id: z.enum(['acknowledge', 'snooze', 'revoke']), value: z.string().regex(/^fnd_[a-f0-9]{24}$/) }),
+        z.object({ action_id: z.enum(['approve', 'reject']), value: z.string().regex(/^act_[a-f0-9]{24}$/) }),
+      ]),
+    )
+    .min(1),
 })
 
 export const userRolesSchema = z.record(z.string().regex(/^[UW][A-Z0-9]{2,20}$/, 'must be a Slack user id'), z.enum(ROLES))
@@ -58,6 +67,23 @@ export async function slackInteractionRoutes(app: FastifyInstance, deps: Interac
     if (!role || !GRANTS[role].includes('respond')) {
       await audit('denied', { role: role ?? null })
       return reply.send({ response_type: 'ephemeral', replace_original: false, text: 'You are not mapped to a keywatch role that may act on alerts. Ask a keywatch admin.' })
+    }
+    if (action_id === 'approve' || action_id === 'reject') {
+      // The value is an action id here. Decided before answering (one engine call, no key service wait for a reject;
+      // an approve answers once the command went out): Slack is told the outcome, or why not.
+      if (!deps.decideApproval) {
+        await audit('refused', { reason: 'approvals are not available here' })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: 'Approvals are not available on this keywatch.' })
+      }
+      try {
+        const r = await deps.decideApproval(findingId, action_id, actor)
+        await audit(r.status === 'failed' ? 'failed' : 'ok', { status: r.status, detail: r.detail })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: `${action_id === 'approve' ? 'Approved' : 'Rejected'}: action ${findingId} is ${r.status}.` })
+      } catch (err) {
+        const e = err as Error & { status?: number }
+        await audit(e.status && e.status < 500 ? 'refused' : 'failed', { error: e.message })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: `Not done: ${e.message}` })
+      }
     }
     const [finding] = await deps.findings.list({ finding_id: findingId, limit: 1 })
     if (!finding) {

@@ -52,6 +52,12 @@ export function findingLink(publicUrl: string, f: Finding): string {
   return `${publicUrl.replace(/\/$/, '')}/findings/${f.finding_id}`
 }
 
+/** A leaked key's alert links to its exposure report (the playbook's next step). */
+function exposureLink(publicUrl: string, f: Finding): string {
+  if (!f.key_id || !f.detector.startsWith('leak.')) return ''
+  return ` · <${publicUrl.replace(/\/$/, '')}/keys/${encodeURIComponent(f.key_id)}?tab=exposure|Exposure report>`
+}
+
 /** The Revoke button is offered on a critical leak finding whose key is not revoked yet. */
 function offersRevoke(f: Finding, a: ActionNote | undefined): boolean {
   return f.severity === 'critical' && f.detector.startsWith('leak.') && Boolean(f.key_id) && f.evidence.key_status !== 'revoked' && !(a?.kind === 'revoke' && a.status === 'confirmed')
@@ -61,7 +67,19 @@ export function slackMessage(f: Finding, action: ActionNote | undefined, publicU
   const subject = f.key_id ? `${String(f.evidence.key_prefix ?? '')} (${f.key_id})`.trim() : f.user_id || f.ip
   const text = mrkdwn(redact(`${f.severity.toUpperCase()} ${f.title} — ${f.account_id}`))
   const buttons: object[] = []
-  if (f.status === 'open') {
+  const approval = f.detector === 'response.approval_required' && typeof f.evidence.action_id === 'string' ? f.evidence.action_id : undefined
+  if (approval && f.status === 'open') {
+    // Decided by one person with the responder or admin role; the message is updated once decided.
+    buttons.push({
+      type: 'button',
+      action_id: 'approve',
+      style: 'primary',
+      text: { type: 'plain_text', text: 'Approve' },
+      value: approval,
+      confirm: { title: { type: 'plain_text', text: 'Approve this action?' }, text: { type: 'plain_text', text: redact(`${String(f.evidence.command ?? 'Revoke')} ${subject} now. Anything still using it will fail.`) }, confirm: { type: 'plain_text', text: 'Approve' }, deny: { type: 'plain_text', text: 'Cancel' } },
+    })
+    buttons.push({ type: 'button', action_id: 'reject', style: 'danger', text: { type: 'plain_text', text: 'Reject' }, value: approval })
+  } else if (f.status === 'open') {
     buttons.push({ type: 'button', action_id: 'acknowledge', text: { type: 'plain_text', text: 'Acknowledge' }, value: f.finding_id })
     buttons.push({ type: 'button', action_id: 'snooze', text: { type: 'plain_text', text: 'Snooze 24 h' }, value: f.finding_id })
   }
@@ -90,7 +108,7 @@ export function slackMessage(f: Finding, action: ActionNote | undefined, publicU
     },
     { type: 'section', text: { type: 'mrkdwn', text: clip(`*Evidence*\n${evidenceLines(f).map((l) => `• ${mrkdwn(l)}`).join('\n') || '—'}`, MAX_SECTION_TEXT) } },
     { type: 'section', text: { type: 'mrkdwn', text: `*Action*\n${mrkdwn(actionText(action))}` } },
-    { type: 'context', elements: [{ type: 'mrkdwn', text: `<${findingLink(publicUrl, f)}|Open the finding> · ${f.finding_id}` }] },
+    { type: 'context', elements: [{ type: 'mrkdwn', text: `<${findingLink(publicUrl, f)}|Open the finding>${exposureLink(publicUrl, f)} · ${f.finding_id}` }] },
   ]
   if (buttons.length) blocks.push({ type: 'actions', block_id: `finding:${f.finding_id}`, elements: buttons })
   return { text, blocks }

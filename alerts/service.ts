@@ -31,6 +31,8 @@ export interface FindingAlert {
   change: Recorded['change']
   alert: boolean
   action?: ActionNote
+  /** Alert again even inside the dedup window (a pending approval, every 15 minutes). */
+  realert?: boolean
 }
 
 interface Payload {
@@ -112,13 +114,13 @@ export class AlertService {
     const send: NewAlert[] = []
     const noted: string[] = []
     const hold: { alert: NewAlert; title: string; destination: string }[] = []
-    for (const { finding, action } of wanted) {
+    for (const { finding, action, realert } of wanted) {
       for (const d of destinationsFor(this.config.routes, finding, { slack: Boolean(this.slack), email: Boolean(this.mailer) })) {
         // One alert per finding and destination per dedup window, unless the severity rose since the last one.
         const dedupKey = `${finding.finding_id}\u0000${d.channel}:${d.destination}`
         const last = this.lastAlertOf(dedupKey, earlier, finding.finding_id, d)
         const rank = SEVERITY_RANK[finding.severity]
-        if (last && last.at > since && rank <= last.rank) continue
+        if (!realert && last && last.at > since && rank <= last.rank) continue
         const alert: NewAlert = { channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action)) }
         if (this.withinCap(`${d.channel}:${d.destination}`)) {
           this.lastAlerted.set(dedupKey, { at: this.now(), rank })

@@ -10,6 +10,13 @@ import { principalOf } from './auth.ts'
 import { ApiError } from './errors.ts'
 import { ACTION_STATUSES, actionParams, instant, keyParams, limit, reason } from './schemas.ts'
 
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route needs a fresh second factor (enforced by the step-up hook where it is installed). */
+    stepUp?: boolean
+  }
+}
+
 export interface ResponseApiDeps {
   response: ResponseEngine
   actions: ActionStore
@@ -65,6 +72,27 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
     if (!action) throw new ApiError(404, 'not_found', `no action ${request.params.id}`)
     return { action }
   })
+
+  // A person approves or rejects an automatic action a guard rail (or its policy rule) held back. Approving sends it:
+  // a step-up second factor is asked where that hook is installed.
+  for (const decision of ['approve', 'reject'] as const) {
+    r.post(
+      `/v1/actions/:id/${decision}`,
+      {
+        config: { permission: 'respond', audit: `action.${decision}`, ...(decision === 'approve' ? { stepUp: true } : {}) },
+        schema: { tags: ['response'], summary: decision === 'approve' ? 'Approve an action awaiting approval (it is sent at once)' : 'Reject an action awaiting approval', params: actionParams, body: z.strictObject({ reason }) },
+      },
+      async (request) => {
+        try {
+          request.auditDetail = { reason: request.body.reason }
+          return { action: await deps.response.decideApproval({ actionId: request.params.id, decision, by: principalOf(request).actor, reason: request.body.reason }) }
+        } catch (err) {
+          if (err instanceof ResponseError) throw new ApiError(err.status, err.code, err.message)
+          throw err
+        }
+      },
+    )
+  }
 
   r.get(
     '/v1/keys/:id/exposure',

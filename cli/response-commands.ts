@@ -7,7 +7,7 @@ import { ResponseError } from '../response/engine.ts'
 import { ExposureError, exposureCsv, exposureReport, type ExposureReport } from '../response/exposure.ts'
 import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
 
-const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective']
+const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective', 'awaiting_approval', 'rejected', 'expired']
 
 function instant(name: string, value: string | undefined): Date | undefined {
   if (value === undefined) return undefined
@@ -38,6 +38,21 @@ async function runActions(opts: { json?: boolean; account?: string; key?: string
   for (const a of actions) {
     process.stdout.write(`${a.requested_at}  ${a.action_id}  ${a.command.padEnd(6)} ${a.status.padEnd(13)} ${a.key_prefix.padEnd(14)} ${a.account_id}  ${a.requested_by}${a.confirmed_at ? `  confirmed ${a.confirmed_at} (${a.confirmed_by})` : ''}${a.status_detail ? `  — ${a.status_detail}` : ''}\n`)
   }
+}
+
+/** `keywatch actions approve|reject ID --reason …`: the same decision as the API and Slack's buttons. */
+async function runDecision(decision: string, actionId: string | undefined, opts: { reason?: string; json?: boolean }): Promise<void> {
+  if (decision !== 'approve' && decision !== 'reject') throw new ExitError('`keywatch actions` takes approve or reject (or no argument to list)', 2)
+  if (!actionId || !/^act_[a-f0-9]{24}$/.test(actionId)) throw new ExitError(`keywatch actions ${decision} needs an action id (act_…)`, 2)
+  if (!opts.reason?.trim()) throw new ExitError(`--reason is required: say why you ${decision} it`, 2)
+  const reason = opts.reason
+  const action = await throughInstanceOrLocal(
+    config(),
+    async (call) => (await call<{ action: Action }>('POST', `/v1/actions/${actionId}/${decision}`, { reason })).json.action,
+    (rt) => auditedLocally(rt, `action.${decision}`, actionId, () => rt.response.decideApproval({ actionId, decision, by: cliActor(), reason }), { reason }).catch(refusal),
+  )
+  process.stdout.write(opts.json ? JSON.stringify(action) + '\n' : `${action.command} of ${action.key_prefix}: ${action.status}${action.status_detail ? ` — ${action.status_detail}` : ''} (${action.action_id})\n`)
+  if (action.status === 'failed') process.exitCode = 1
 }
 
 async function runExposure(keyId: string, opts: { from?: string; to?: string; format?: string; out?: string }): Promise<void> {
@@ -104,14 +119,17 @@ async function runSwitch(what: string, opts: { reason?: string }): Promise<void>
 export function registerResponseCommands(program: Command): void {
   program
     .command('actions')
-    .description('list what keywatch did or decided about keys: revokes and resets, automatic and manual (newest first)')
+    .description('list what keywatch did or decided about keys (newest first); `actions approve|reject ID --reason …` decides on one awaiting approval')
+    .argument('[decision]', 'approve | reject')
+    .argument('[action_id]', 'the action (act_…)')
+    .option('--reason <text>', 'why you approve or reject it (required then)')
     .option('--json', 'print a JSON array')
     .option('--account <id>', 'one account')
     .option('--key <id>', 'one key')
     .option('--status <status>', STATUSES.join(', '))
     .option('--since <time>', 'RFC 3339 moment')
     .option('--limit <n>', 'at most this many (default 1000)')
-    .action(runActions)
+    .action((decision: string | undefined, actionId: string | undefined, opts) => (decision ? runDecision(decision, actionId, opts) : runActions(opts)))
 
   program
     .command('exposure')

@@ -89,12 +89,19 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const announce = (recorded: Recorded[]) => {
     for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
   }
-  const raise = async (drafts: FindingDraft[], at: Date) => {
+  const raise = async (drafts: FindingDraft[], at: Date, opts: { realert?: boolean } = {}) => {
     const recorded = await findings.record(drafts, at)
-    announce(recorded)
+    // A re-alert (a pending approval) goes out again even inside the alert dedup window.
+    announce(opts.realert ? recorded.map((r) => ({ ...r, realert: true })) : recorded)
     return recorded
   }
-  const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise })
+  const resolveFinding = async (dedupKey: string, actor: string, reason: string) => {
+    const detector = dedupKey.slice(0, dedupKey.indexOf(':'))
+    for (const f of await findings.list({ detector, limit: 1000 })) {
+      if (f.dedup_key === dedupKey && f.status !== 'resolved') await findings.setStatus(f.finding_id, 'resolved', actor, reason)
+    }
+  }
+  const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise, resolveFinding })
   const tokens = new TokenStore(storage.client)
   const metrics = new Metrics()
   pipeline.onIngested((summary, rejections) => metrics.ingested(summary, rejections))
@@ -250,6 +257,10 @@ function slackPlugin(rt: Runtime, signingSecret: string) {
           incident: true,
           finding_id: finding.finding_id,
         })
+        return { status: action.status, detail: action.status_detail }
+      },
+      decideApproval: async (actionId, decision, actor) => {
+        const action = await rt.response.decideApproval({ actionId, decision, by: actor, reason: `${decision === 'approve' ? 'approved' : 'rejected'} in Slack` })
         return { status: action.status, detail: action.status_detail }
       },
     })

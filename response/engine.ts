@@ -36,9 +36,23 @@ export interface ResponseDeps {
   sender: CommandSender
   policy: Policy
   log: Logger
-  /** Records findings keywatch raises itself (a tripped guard rail, a revocation that did not bite) and alerts on them. */
-  raise: (drafts: FindingDraft[], at: Date) => Promise<Recorded[]>
+  /**
+   * Records findings keywatch raises itself (a tripped guard rail, a revocation that did not bite, an approval asked
+   * for) and alerts on them; `realert` alerts again even inside the alert dedup window.
+   */
+  raise: (drafts: FindingDraft[], at: Date, opts?: { realert?: boolean }) => Promise<Recorded[]>
+  /** Closes keywatch's own finding once what it asked for is decided (an approval request). */
+  resolveFinding?: (dedupKey: string, actor: string, reason: string) => Promise<void>
   now?: () => number
+}
+
+/** A person's decision on an automatic action awaiting approval; the one function the API, the CLI and Slack call. */
+export interface ApprovalDecision {
+  actionId: string
+  decision: 'approve' | 'reject'
+  /** `token:<name>`, `cli:<user>`, `slack:<user id>`: the transport checked that this person may respond. */
+  by: string
+  reason: string
 }
 
 export interface ManualRequest {
@@ -81,6 +95,10 @@ export class ResponseEngine {
   private windowReadAt = 0
   private readonly listeners: ActionListener[] = []
   private watchTimer?: NodeJS.Timeout
+  private approvalTimer?: NodeJS.Timeout
+  /** When each pending approval was last alerted (by this process): re-alerted every `realert_minutes`. */
+  private readonly approvalAlertedAt = new Map<string, number>()
+  private pausedCache?: { paused: boolean; at: number }
   /** Findings already decided in this process (not failed): a finding that fires again is not looked up again. */
   private readonly decided = new Set<string>()
   private readonly now: () => number
@@ -108,10 +126,15 @@ export class ResponseEngine {
       void this.checkEffectiveness().catch((err) => this.deps.log.error({ err: String(err) }, 'revocation watch failed'))
     }, 60_000)
     this.watchTimer.unref()
+    this.approvalTimer = setInterval(() => {
+      void this.checkApprovals().catch((err) => this.deps.log.error({ err: String(err) }, 'approval check failed'))
+    }, 60_000)
+    this.approvalTimer.unref()
   }
 
   stop(): Promise<unknown> {
     clearInterval(this.watchTimer)
+    clearInterval(this.approvalTimer)
     return this.queue
   }
 
@@ -144,6 +167,7 @@ export class ResponseEngine {
     if (this.now() - this.windowReadAt > WINDOW_REFRESH_MS) await this.loadGuardRailWindow()
     const held: Action[] = []
     const toSend: Action[] = []
+    const approvals: Action[] = []
     for (const finding of findings) {
       const before = previous.filter((a) => a.finding_id === finding.finding_id)
       const retry = before.length > 0 && before.every((a) => a.status === 'failed') && before.length < MAX_AUTO_ATTEMPTS
@@ -168,15 +192,23 @@ export class ResponseEngine {
         status_detail: note,
         requested_at: new Date(this.now()),
       })
-      const hold = this.holdReason(key, paused)
+      const hold = this.holdReason(key, paused) ?? (rule.approve ? { status: 'awaiting_approval' as const, detail: `policy rule ${rule.name} asks a person to approve` } : undefined)
       if (!hold) {
         this.recentAuto.push({ account_id: key.account_id, at: this.now() })
         toSend.push(action)
         continue
       }
-      const heldAction: Action = { ...action, status: hold.status, status_detail: joinDetail(note, hold.detail) }
+      // A guard rail no longer dead-ends an action: it waits for a person to approve or reject it.
+      const status = hold.status === 'blocked' ? 'awaiting_approval' : hold.status
+      const heldAction: Action = {
+        ...action,
+        status,
+        status_detail: joinDetail(note, hold.detail),
+        expires_at: status === 'awaiting_approval' ? chTime(this.now() + this.deps.policy.approvals.expire_after_minutes * 60_000) : null,
+      }
       held.push(heldAction)
       if (hold.status === 'blocked') await this.raiseGuardRail(key, heldAction, hold.detail)
+      if (status === 'awaiting_approval') approvals.push(heldAction)
     }
     // Written before anything is sent: a crash in between still leaves the request on record, and the next decision
     // on the same finding sees it.
@@ -184,6 +216,7 @@ export class ResponseEngine {
     if (this.decided.size > 100_000) this.decided.clear() // a bound, not a correctness matter: the table is the truth
     for (const f of findings) this.decided.add(f.finding_id)
     for (const a of held) this.deps.log.warn({ action: a.action_id, key: a.key_prefix, account: a.account_id, status: a.status, detail: a.status_detail }, 'automatic action held')
+    for (const a of approvals) await this.askApproval(a)
     return { held, toSend }
   }
 
@@ -231,6 +264,119 @@ export class ResponseEngine {
       ],
       new Date(this.now()),
     )
+  }
+
+  // ---- approvals: a person decides on a held automatic action ---------------------------------------------
+
+  /** The approval request is a critical finding of keywatch's own: alerted (Slack has Approve and Reject), linked. */
+  private async askApproval(action: Action, realert = false): Promise<void> {
+    this.approvalAlertedAt.set(action.action_id, this.now())
+    await this.deps.raise(
+      [
+        {
+          detector: 'response.approval_required',
+          severity: 'critical',
+          account_id: action.account_id,
+          key_id: action.key_id,
+          title: `Approve or reject: ${action.command} ${action.key_prefix} (${action.account_id})`,
+          evidence: { action_id: action.action_id, command: action.command, key_prefix: action.key_prefix, finding_id: action.finding_id, why_held: action.status_detail, expires_at: action.expires_at },
+          dedupKey: approvalDedupKey(action.action_id),
+        },
+      ],
+      new Date(this.now()),
+      { realert },
+    )
+  }
+
+  /**
+   * Approves or rejects an automatic action awaiting approval. Approved, it is sent at once (a person decided: the
+   * guard rails and the kill switch, which hold back automation, do not hold it back again); rejected or expired, it
+   * is never sent. Decided once: a second decision is refused (409).
+   */
+  async decideApproval(d: ApprovalDecision): Promise<Action> {
+    const decided = await this.serial(async () => {
+      if (!d.reason.trim()) throw new ResponseError(400, 'reason_required', `${d.decision === 'approve' ? 'approving' : 'rejecting'} an action needs a reason`)
+      const action = await this.deps.actions.get(d.actionId)
+      if (!action) throw new ResponseError(404, 'not_found', `no action ${d.actionId}`)
+      if (action.status !== 'awaiting_approval') throw new ResponseError(409, 'not_awaiting_approval', `action ${action.action_id} is ${action.status}, not awaiting approval`, action)
+      if (action.expires_at && msOf(action.expires_at) <= this.now()) {
+        const expired = await this.expire(action)
+        throw new ResponseError(409, 'expired', `action ${action.action_id} expired at ${action.expires_at} UTC without a decision`, expired)
+      }
+      const when = chTime(this.now())
+      const reason = d.reason.trim().slice(0, 500)
+      const base: Action = { ...action, decided_by: d.by, decided_at: when, decision_reason: reason }
+      if (d.decision === 'reject') {
+        const rejected: Action = { ...base, status: 'rejected', status_detail: joinDetail(action.status_detail, `rejected by ${d.by}: ${reason}`) }
+        await this.save([rejected])
+        return { action: rejected, send: false }
+      }
+      const key = (await this.keyFacts([action.key_id])).get(action.key_id)
+      if (!key || key.status === 'revoked' || key.status === 'expired') {
+        const skipped: Action = { ...base, status: 'skipped', status_detail: joinDetail(action.status_detail, `approved by ${d.by}, but the key is ${key?.status ?? 'unknown'}`) }
+        await this.save([skipped])
+        return { action: skipped, send: false }
+      }
+      const approved: Action = { ...base, status: 'requested', transport: this.deps.sender.transport, status_detail: joinDetail(action.status_detail, `approved by ${d.by}: ${reason}`) }
+      await this.save([approved])
+      return { action: approved, send: true }
+    })
+    this.approvalAlertedAt.delete(d.actionId)
+    await this.deps
+      .resolveFinding?.(approvalDedupKey(d.actionId), d.by, `${decided.action.status === 'rejected' ? 'rejected' : 'approved'}: ${d.reason.trim().slice(0, 200)}`)
+      .catch((err) => this.deps.log.error({ err: String(err) }, 'could not close the approval request'))
+    this.deps.log.warn({ action: d.actionId, decision: d.decision, by: d.by, status: decided.action.status }, 'approval decided')
+    return decided.send ? this.send(decided.action) : decided.action
+  }
+
+  /**
+   * Every minute: a pending approval nobody decided on is alerted again every `realert_minutes`, and expires after
+   * `expire_after_minutes` (status `expired`, alerted).
+   */
+  async checkApprovals(at = new Date(this.now())): Promise<{ realerted: Action[]; expired: Action[] }> {
+    const pending = await this.deps.actions.withStatus(['awaiting_approval'], new Date(at.getTime() - 30 * 24 * HOUR_MS))
+    const realerted: Action[] = []
+    const expired: Action[] = []
+    const every = this.deps.policy.approvals.realert_minutes * 60_000
+    for (const action of pending) {
+      if (action.expires_at && msOf(action.expires_at) <= at.getTime()) {
+        const done = await this.serial(async () => {
+          const current = await this.deps.actions.get(action.action_id)
+          return current?.status === 'awaiting_approval' ? this.expire(current) : undefined
+        })
+        if (done) expired.push(done)
+        continue
+      }
+      const last = this.approvalAlertedAt.get(action.action_id) ?? msOf(action.updated_at)
+      if (at.getTime() - last < every) continue
+      await this.askApproval(action, true)
+      this.approvalAlertedAt.set(action.action_id, at.getTime())
+      realerted.push(action)
+    }
+    return { realerted, expired }
+  }
+
+  private async expire(action: Action): Promise<Action> {
+    const expired: Action = { ...action, status: 'expired', status_detail: joinDetail(action.status_detail, `nobody approved or rejected it by ${action.expires_at} UTC`) }
+    await this.save([expired])
+    this.approvalAlertedAt.delete(action.action_id)
+    await this.deps.resolveFinding?.(approvalDedupKey(action.action_id), 'keywatch', 'the approval request expired').catch(() => undefined)
+    await this.deps.raise(
+      [
+        {
+          detector: 'response.approval_expired',
+          severity: 'high',
+          account_id: action.account_id,
+          key_id: action.key_id,
+          title: `Nobody approved the ${action.command} of ${action.key_prefix} in time: the key was not ${action.command === 'revoke' ? 'revoked' : 'reset'}`,
+          evidence: { action_id: action.action_id, key_prefix: action.key_prefix, finding_id: action.finding_id, expired_at: action.expires_at },
+          dedupKey: `response.approval_expired:${action.action_id}`,
+        },
+      ],
+      new Date(this.now()),
+    )
+    this.deps.log.error({ action: action.action_id, key: action.key_prefix, account: action.account_id }, 'approval expired')
+    return expired
   }
 
   // ---- manual: a person asks ------------------------------------------------------------------------------
@@ -407,11 +553,16 @@ export class ResponseEngine {
       format: 'JSONEachRow',
       values: [{ name: 'paused', value: JSON.stringify({ paused, reason: reason.trim().slice(0, 500) }), changed_by: actor, changed_at: chTime(this.now()), version: this.now() * 1000 + 1 }],
     })
+    this.pausedCache = { paused, at: this.now() }
     this.deps.log.warn({ paused, actor, reason }, paused ? 'automatic response paused (kill switch on)' : 'automatic response resumed')
   }
 
-  /** Read at every decision, so a pause by any instance (or the CLI) applies at once. */
+  /**
+   * Read at most every few seconds (like the guard-rail window): a pause through this instance applies at once, one
+   * through another instance within WINDOW_REFRESH_MS.
+   */
   async isPaused(): Promise<boolean> {
+    if (this.pausedCache && this.now() - this.pausedCache.at < WINDOW_REFRESH_MS) return this.pausedCache.paused
     return (await this.state()).paused
   }
 
@@ -421,6 +572,7 @@ export class ResponseEngine {
       `SELECT value, changed_by, toString(changed_at) AS changed_at FROM response_state FINAL WHERE name = 'paused'`,
     )
     const value = row ? (JSON.parse(row.value) as { paused: boolean; reason: string }) : { paused: false, reason: '' }
+    this.pausedCache = { paused: value.paused, at: this.now() }
     await this.loadGuardRailWindow()
     const since = this.now() - HOUR_MS
     return {
@@ -480,6 +632,10 @@ function commandOf(a: Action) {
 
 function joinDetail(...parts: string[]): string {
   return parts.filter(Boolean).join('; ')
+}
+
+export function approvalDedupKey(actionId: string): string {
+  return `response.approval_required:${actionId}`
 }
 
 function msOf(chDateTime: string): number {
