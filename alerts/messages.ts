@@ -55,7 +55,7 @@ export function findingLink(publicUrl: string, f: Finding): string {
 /** A leaked key's alert links to its exposure report (the playbook's next step). */
 function exposureLink(publicUrl: string, f: Finding): string {
   if (!f.key_id || !f.detector.startsWith('leak.')) return ''
-  return ` · <${publicUrl.replace(/\/$/, '')}/keys/${encodeURIComponent(f.key_id)}?tab=exposure|Exposure report>`
+  return ` · <${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(f.key_id)}|Exposure report>`
 }
 
 /** The Revoke button is offered on a critical leak finding whose key is not revoked yet. */

@@ -100,7 +100,7 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
       config: { permission: 'read' },
       schema: {
         tags: ['response'],
-        summary: 'What a key did while exposed (from the first leak report or anomaly until its revocation, unless from/to)',
+        summary: 'What a key did while exposed (from the earliest evidence of exposure until its revocation plus the cache grace, unless from/to), with every money-moving request',
         params: keyParams,
         querystring: z.strictObject({ from: instant.optional(), to: instant.optional(), format: z.enum(['json', 'csv']).default('json') }),
       },
@@ -108,7 +108,8 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
     async (request, reply) => {
       const q = request.query
       try {
-        const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined })
+        const policy = deps.response.policy
+        const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined }, new Date(), { cacheGraceSeconds: policy.cache_grace_seconds, lookbackDays: policy.exposure_lookback_days })
         if (q.format === 'json') return report
         return reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="exposure-${report.key.key_id}.csv"`).send(exposureCsv(report))
       } catch (err) {

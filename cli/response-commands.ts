@@ -64,7 +64,7 @@ async function runExposure(keyId: string, opts: { from?: string; to?: string; fo
   const report = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<ExposureReport>('GET', `/v1/keys/${encodeURIComponent(keyId)}/exposure?${query}`)).json,
-    (rt) => exposureReport(rt.storage.client, keyId, { from, to }).catch(refusal),
+    (rt) => exposureReport(rt.storage.client, keyId, { from, to }, new Date(), { cacheGraceSeconds: rt.config.response.policy.cache_grace_seconds, lookbackDays: rt.config.response.policy.exposure_lookback_days }).catch(refusal),
   )
   const output = format === 'json' ? JSON.stringify(report, null, 2) + '\n' : format === 'csv' ? exposureCsv(report) : exposureText(report)
   if (opts.out) writeFileSync(opts.out, output)
@@ -81,6 +81,10 @@ function exposureText(r: ExposureReport): string {
     `Money moved ${r.money.length ? r.money.map((m) => `${(m.amount_minor / 100).toFixed(2)} ${m.currency} in ${m.payments}`).join(', ') : 'none'}`,
     `Sources     ${t.distinct_ips} IPs, ${t.distinct_countries} countries, ${t.distinct_asns} ASNs`,
     `After       ${r.after_window.requests} requests after the window (${r.after_window.accepted} accepted)`,
+    '',
+    `Money-moving requests (${r.transactions.length}${r.transactions_truncated ? ', more not listed: narrow the window' : ''})`,
+    ...r.transactions.slice(0, 50).map((t) => `  ${t.occurred_at}  ${t.request_id.padEnd(24)} ${t.method.padEnd(6)} ${t.endpoint.padEnd(24)} ${String(t.status).padEnd(4)} ${(t.amount_minor / 100).toFixed(2).padStart(12)} ${t.currency.padEnd(4)} ${t.ip.padEnd(40)} AS${String(t.asn).padEnd(8)} ${t.country || '--'}`),
+    ...(r.transactions.length > 50 ? [`  …and ${r.transactions.length - 50} more (--format csv or json lists them all)`] : []),
     '',
     'Top IPs',
     ...r.ips.slice(0, 10).map((i) => `  ${i.ip.padEnd(40)} ${(i.country || '--').padEnd(3)} AS${String(i.asn).padEnd(8)} ${String(i.requests).padStart(8)} requests, ${i.accepted} accepted`),
@@ -133,7 +137,7 @@ export function registerResponseCommands(program: Command): void {
 
   program
     .command('exposure')
-    .description("what a key did while exposed: from the first leak report or anomaly until its revocation, unless --from/--to")
+    .description('what a key did while exposed: from the earliest evidence of exposure until its revocation plus the cache grace, unless --from/--to; every money-moving request')
     .argument('<key_id>', 'the key (key_…)')
     .option('--from <time>', 'RFC 3339 start of the window')
     .option('--to <time>', 'RFC 3339 end of the window')

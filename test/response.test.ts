@@ -130,7 +130,8 @@ describe('automatic response to a leaked key', () => {
       return all.length === 5 && all.every((a) => a.status !== 'requested') && all
     }, 20_000)
     expect(actions.filter((a) => a.status === 'confirmed')).toHaveLength(3)
-    const blocked = actions.filter((a) => a.status === 'blocked')
+    // Held for a person to approve (test/response-approvals.test.ts), not dead-ended.
+    const blocked = actions.filter((a) => a.status === 'awaiting_approval')
     expect(blocked).toHaveLength(2)
     expect(blocked[0]!.status_detail).toContain('3 automatic actions in acct_Guard0001 in the last hour (limit 3)')
     // Only three reached the key service; the two blocked keys are still active there.

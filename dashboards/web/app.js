@@ -257,9 +257,25 @@ async function findings(query = '') {
 
 async function actions() {
   const list = await api('/v1/actions?limit=500')
-  main.innerHTML = `<h1>Actions</h1><p class="muted"><span data-testid="actions-count">${num(list.actions.length)}</span> actions</p>
-  <div class="card"><table><thead><tr><th>Requested</th><th>Command</th><th>Key</th><th>Account</th><th>Status</th><th>By</th><th>Confirmed</th><th>Detail</th></tr></thead><tbody>
-  ${list.actions.map((a) => `<tr data-testid="action-row"><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td><a href="#/keys/${esc(a.key_id)}">${esc(a.key_prefix)}</a></td><td>${esc(a.account_id)}</td><td>${esc(a.status)}</td><td>${esc(a.requested_by)}</td><td>${esc(a.confirmed_at ?? '—')} ${esc(a.confirmed_by)}</td><td>${esc(a.status_detail)}</td></tr>`).join('')}</tbody></table></div>`
+  const waiting = list.actions.filter((a) => a.status === 'awaiting_approval')
+  main.innerHTML = `<h1>Actions</h1><p class="muted"><span data-testid="actions-count">${num(list.actions.length)}</span> actions, <span data-testid="awaiting-count">${num(waiting.length)}</span> awaiting approval</p>
+  <div class="card"><table><thead><tr><th>Requested</th><th>Command</th><th>Key</th><th>Account</th><th>Status</th><th>By</th><th>Confirmed</th><th>Detail</th><th></th></tr></thead><tbody>
+  ${list.actions.map((a) => `<tr data-testid="action-row" data-action="${esc(a.action_id)}"><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td><a href="#/keys/${esc(a.key_id)}">${esc(a.key_prefix)}</a></td><td>${esc(a.account_id)}</td><td data-testid="action-status">${esc(a.status)}${a.status === 'awaiting_approval' && a.expires_at ? `<br><span class="muted">until ${esc(a.expires_at.slice(0, 16))}</span>` : ''}${a.decided_by ? `<br><span class="muted">by ${esc(a.decided_by)}</span>` : ''}</td><td>${esc(a.requested_by)}</td><td>${esc(a.confirmed_at ?? '—')} ${esc(a.confirmed_by)}</td><td>${esc(a.status_detail)}</td>
+  <td>${can('respond') && a.status === 'awaiting_approval' ? `<button class="primary" data-approve="${esc(a.action_id)}">Approve…</button> <button data-reject="${esc(a.action_id)}">Reject…</button>` : ''}</td></tr>`).join('')}</tbody></table></div>`
+  for (const [attr, decision] of [['approve', 'approve'], ['reject', 'reject']]) {
+    for (const b of main.querySelectorAll(`[data-${attr}]`)) {
+      b.addEventListener('click', async () => {
+        const reason = prompt(decision === 'approve' ? 'Approve: the command is sent at once. Say why:' : 'Reject: the key stays as it is. Say why:')
+        if (!reason) return
+        try {
+          await api(`/v1/actions/${b.dataset[attr]}/${decision}`, { method: 'POST', body: JSON.stringify({ reason }) })
+        } catch (err) {
+          alert(err.message)
+        }
+        await route()
+      })
+    }
+  }
 }
 
 async function alerts() {
