@@ -42,8 +42,11 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
       },
       async (request) => {
         try {
-          return { action: await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body }) }
+          const action = await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body })
+          request.auditDetail = { account_id: action.account_id, key_prefix: action.key_prefix, action_id: action.action_id, status: action.status }
+          return { action }
         } catch (err) {
+          if (err instanceof ResponseError && err.action) request.auditDetail = { account_id: err.action.account_id, key_prefix: err.action.key_prefix, action_id: err.action.action_id }
           if (err instanceof ResponseError) throw new ApiError(err.status, err.code, err.message)
           throw err
         }
@@ -83,10 +86,13 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
         schema: { tags: ['response'], summary: decision === 'approve' ? 'Approve an action awaiting approval (it is sent at once)' : 'Reject an action awaiting approval', params: actionParams, body: z.strictObject({ reason }) },
       },
       async (request) => {
+        request.auditDetail = { reason: request.body.reason }
         try {
-          request.auditDetail = { reason: request.body.reason }
-          return { action: await deps.response.decideApproval({ actionId: request.params.id, decision, by: principalOf(request).actor, reason: request.body.reason }) }
+          const action = await deps.response.decideApproval({ actionId: request.params.id, decision, by: principalOf(request).actor, reason: request.body.reason })
+          request.auditDetail = { reason: request.body.reason, account_id: action.account_id, key_prefix: action.key_prefix, status: action.status }
+          return { action }
         } catch (err) {
+          if (err instanceof ResponseError && err.action) request.auditDetail = { reason: request.body.reason, account_id: err.action.account_id, key_prefix: err.action.key_prefix }
           if (err instanceof ResponseError) throw new ApiError(err.status, err.code, err.message)
           throw err
         }

@@ -124,7 +124,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         target: action.key_id,
         request_id: action.action_id,
         outcome: action.status === 'failed' ? 'failed' : action.status === 'blocked' || action.status === 'paused' || action.status === 'dry_run' ? 'refused' : 'ok',
-        detail: { status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
+        detail: { account_id: action.account_id, status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
       })
       .catch((err) => log.error({ err: String(err) }, 'could not record the audit entry'))
   })
@@ -261,7 +261,7 @@ function slackPlugin(rt: Runtime, signingSecret: string) {
       },
       decideApproval: async (actionId, decision, actor) => {
         const action = await rt.response.decideApproval({ actionId, decision, by: actor, reason: `${decision === 'approve' ? 'approved' : 'rejected'} in Slack` })
-        return { status: action.status, detail: action.status_detail }
+        return { status: action.status, detail: action.status_detail, account_id: action.account_id, key_prefix: action.key_prefix }
       },
     })
 }
