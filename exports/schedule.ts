@@ -1,5 +1,5 @@
 // Scheduled exports: every day (00:20 UTC) the day before, every month (the 1st, 01:00 UTC) the month before, of
-// both datasets, written with their signed manifests under the export directory: daily/ and monthly/.
+// every dataset, written with their signed manifests under the export directory: daily/ and monthly/.
 import type { KeyObject } from 'node:crypto'
 import { join } from 'node:path'
 import cron, { type ScheduledTask } from 'node-cron'
