@@ -24,6 +24,7 @@ import { readFileSync } from 'node:fs'
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
+import { SecretIndex } from '../response/secret-index.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
 import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
@@ -102,6 +103,14 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     }
   }
   const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise, resolveFinding })
+  // The current secrets of live keys, in memory and fresh from lifecycle rows as they are decoded: a leak report is
+  // decided from it as it is decoded (the response engine's fast path), once the services run.
+  const secrets = new SecretIndex()
+  let deciding = false
+  pipeline.onDecoded((table, rows) => {
+    if (table === 'key_lifecycle') secrets.applyLifecycle(rows)
+    else if (table === 'leak_reports' && deciding) response.onLeakRows(rows)
+  })
   const tokens = new TokenStore(storage.client)
   const metrics = new Metrics()
   pipeline.onIngested((summary, rejections) => metrics.ingested(summary, rejections))
@@ -166,7 +175,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     async startServices() {
       if (started) return
       started = true
+      await secrets.load(storage.client)
+      response.useIndex(secrets)
       await response.start()
+      deciding = true
       await alerts.start()
       alerts.scheduleDigests()
       // The response decides first (a leaked key waits for nothing), then the alert says what was done.

@@ -96,6 +96,16 @@ export class ActionStore {
     return this.select('WHERE finding_id IN {ids:Array(String)}', { ids: findingIds }, 'ORDER BY requested_at DESC')
   }
 
+  /** Automatic leak actions on these keys not linked to a finding yet (decided as the report arrived). */
+  async unlinkedAutomatic(keyIds: string[], since: Date): Promise<Action[]> {
+    if (!keyIds.length) return []
+    return this.select(
+      "WHERE key_id IN {keys:Array(String)} AND finding_id = '' AND requested_by = 'auto:leak.public_report' AND requested_at >= {since:DateTime64(3, 'UTC')}",
+      { keys: keyIds, since: chTime(since.getTime()) },
+      'ORDER BY requested_at',
+    )
+  }
+
   async withStatus(statuses: ActionStatus[], since: Date): Promise<Action[]> {
     return this.select("WHERE status IN {statuses:Array(String)} AND requested_at >= {since:DateTime64(3, 'UTC')}", { statuses, since: chTime(since.getTime()) }, 'ORDER BY requested_at')
   }

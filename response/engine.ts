@@ -9,6 +9,18 @@ import { chTime } from '../ingest/rows.ts'
 import type { Action, ActionStatus, ActionStore } from './actions.ts'
 import { matchRule, type Policy } from './policy.ts'
 import type { CommandSender, SendResult } from './senders.ts'
+import type { Row } from '../ingest/rows.ts'
+import type { SecretIndex } from './secret-index.ts'
+
+/** The stages of one leak report decided on the fast path, for bench:revoke (ms since the time origin). */
+export interface FastTiming {
+  key_id: string
+  decoded_at: number
+  decide_us: number
+  send_started_at: number
+  sent_at: number
+  written_at: number
+}
 
 export interface Logger {
   info(obj: object, msg?: string): void
@@ -91,7 +103,15 @@ type ActionListener = (action: Action) => void
 export class ResponseEngine {
   private queue: Promise<unknown> = Promise.resolve()
   /** Automatic actions that went out in the last hour, for the guard rails (read at each decision, then counted on). */
-  private recentAuto: { account_id: string; at: number }[] = []
+  private recentAuto: { account_id: string; at: number; action_id?: string }[] = []
+  private index?: SecretIndex
+  /** Keys a leak report was acted on by the fast path, and that action (latest state): the finding links to it. */
+  private readonly fastActed = new Map<string, Action>()
+  /** Actions decided before their finding was recorded: action id -> finding id, kept on every later write. */
+  private readonly linkedFinding = new Map<string, string>()
+  private stateTimer?: NodeJS.Timeout
+  /** The last fast-path decisions' stages (bench:revoke prints them). */
+  readonly fastTimings: FastTiming[] = []
   private windowReadAt = 0
   private readonly listeners: ActionListener[] = []
   private watchTimer?: NodeJS.Timeout
@@ -130,11 +150,95 @@ export class ResponseEngine {
       void this.checkApprovals().catch((err) => this.deps.log.error({ err: String(err) }, 'approval check failed'))
     }, 60_000)
     this.approvalTimer.unref()
+    // The fast path reads the kill switch and the guard-rail window from memory: refreshed here, never on its way.
+    await this.refreshState()
+    this.stateTimer = setInterval(() => void this.refreshState().catch((err) => this.deps.log.error({ err: String(err) }, 'could not refresh the response state')), WINDOW_REFRESH_MS)
+    this.stateTimer.unref()
+  }
+
+  private async refreshState(): Promise<void> {
+    await this.state()
+  }
+
+  /** Decides leak reports from this index of current secrets as they are decoded (see onLeakRows). */
+  useIndex(index: SecretIndex): void {
+    this.index = index
+  }
+
+  /**
+   * The fast path: leak report rows as they are decoded, before they are stored. A report matching the current
+   * secret of a live key (whatever its occurred_at) that the policy revokes, with nothing holding it back, is decided
+   * here from memory, and the action is written while its command is sent. Everything else (held, approval, alert
+   * only) is left to the leak detector's run, which follows the report's storage and records the finding; that
+   * finding is then linked to the action taken here, never decided twice.
+   */
+  onLeakRows(rows: Row[]): void {
+    const index = this.index
+    const paused = this.pausedCache?.paused
+    if (!index?.ready || paused === undefined || this.deps.policy.mode !== 'enforce') return
+    for (const row of rows) {
+      const decodedAt = performance.timeOrigin + performance.now()
+      const t0 = performance.now()
+      const hash = row.values.token_sha256
+      const key = typeof hash === 'string' ? index.lookup(hash) : undefined
+      if (!key || this.fastActed.has(key.key_id)) continue
+      const severity = key.key_kind === 'publishable' ? 'low' : 'critical'
+      const rule = matchRule(this.deps.policy, { detector: 'leak.public_report', severity, key_kind: key.key_kind, mode: key.mode })
+      if (!rule || rule.action === 'alert' || rule.approve) continue
+      const facts: KeyFacts = { account_id: key.account_id, key_id: key.key_id, key_prefix: key.key_prefix, key_kind: key.key_kind, mode: key.mode, status: 'active', auto_generated: key.auto_generated }
+      if (this.holdReason(facts, paused)) continue
+      const { command, note } = commandFor(facts, rule.action)
+      const action = this.deps.actions.draft({
+        command,
+        account_id: key.account_id,
+        key_id: key.key_id,
+        key_prefix: key.key_prefix,
+        finding_id: '',
+        policy: rule.name,
+        requested_by: 'auto:leak.public_report',
+        reason: `Secret found in public on ${String(row.values.source)} (leak report ${row.eventId})`,
+        incident: true,
+        forced: false,
+        transport: this.deps.sender.transport,
+        status: 'requested',
+        status_detail: note,
+        requested_at: new Date(this.now()),
+      })
+      this.recentAuto.push({ account_id: key.account_id, at: this.now(), action_id: action.action_id })
+      this.fastActed.set(key.key_id, action)
+      if (this.fastActed.size > 100_000) this.fastActed.clear() // a bound: the actions table is the truth
+      const decideUs = (performance.now() - t0) * 1000
+      void this.fastSend(action, decodedAt, decideUs).catch((err) => this.deps.log.error({ err: String(err), action: action.action_id }, 'fast-path action failed'))
+    }
+  }
+
+  /** Writes the action while its command goes out: durable without waiting for the engine first. */
+  private async fastSend(action: Action, decodedAt: number, decideUs: number): Promise<void> {
+    const timing: FastTiming = { key_id: action.key_id, decoded_at: decodedAt, decide_us: decideUs, send_started_at: performance.timeOrigin + performance.now(), sent_at: 0, written_at: 0 }
+    const written = this.save([action]).then(
+      () => void (timing.written_at = performance.timeOrigin + performance.now()),
+      // Not recorded before the send: record it again after (the command id makes the send itself idempotent).
+      async (err: unknown) => {
+        this.deps.log.error({ err: String(err), action: action.action_id }, 'could not record the action before sending; retrying')
+        await new Promise((r) => setTimeout(r, 200))
+        await this.save([action])
+      },
+    )
+    const sent = this.send(action).then((done) => {
+      timing.sent_at = performance.timeOrigin + performance.now()
+      // A failed fast action is left to the detector's run to try again, like any failed automatic action.
+      if (done.status === 'failed' && this.fastActed.get(done.key_id)?.action_id === done.action_id) this.fastActed.delete(done.key_id)
+      return done
+    })
+    await Promise.all([written, sent])
+    this.fastTimings.push(timing)
+    if (this.fastTimings.length > 10_000) this.fastTimings.splice(0, 5_000)
   }
 
   stop(): Promise<unknown> {
     clearInterval(this.watchTimer)
     clearInterval(this.approvalTimer)
+    clearInterval(this.stateTimer)
     return this.queue
   }
 
@@ -160,7 +264,25 @@ export class ResponseEngine {
   }
 
   /** Decides what to do for each finding; held actions are saved as such, the others saved as requested. */
-  private async decide(findings: Finding[]): Promise<{ held: Action[]; toSend: Action[] }> {
+  private async decide(candidates: Finding[]): Promise<{ held: Action[]; toSend: Action[] }> {
+    let findings = candidates
+    // Leak findings whose report the fast path already acted on are linked to that action, never decided again;
+    // after a restart the table says which keys have such an action waiting for its finding.
+    const leaks = findings.filter((f) => f.detector === 'leak.public_report' && !this.fastActed.has(f.key_id))
+    if (leaks.length) for (const a of await this.deps.actions.unlinkedAutomatic(leaks.map((f) => f.key_id), new Date(this.now() - 24 * HOUR_MS))) if (!this.fastActed.has(a.key_id)) this.fastActed.set(a.key_id, a)
+    const linked: Action[] = []
+    findings = findings.filter((f) => {
+      const fast = f.detector === 'leak.public_report' ? this.fastActed.get(f.key_id) : undefined
+      if (!fast) return true
+      if (!fast.finding_id && !this.linkedFinding.has(fast.action_id)) {
+        this.linkedFinding.set(fast.action_id, f.finding_id)
+        linked.push({ ...fast, finding_id: f.finding_id })
+      }
+      this.decided.add(f.finding_id)
+      return false
+    })
+    if (linked.length) await this.save(linked)
+    if (!findings.length) return { held: linked, toSend: [] }
     const previous = await this.deps.actions.forFindings(findings.map((f) => f.finding_id))
     const keys = await this.keyFacts(findings.map((f) => f.key_id))
     const paused = await this.isPaused()
@@ -217,7 +339,7 @@ export class ResponseEngine {
     for (const f of findings) this.decided.add(f.finding_id)
     for (const a of held) this.deps.log.warn({ action: a.action_id, key: a.key_prefix, account: a.account_id, status: a.status, detail: a.status_detail }, 'automatic action held')
     for (const a of approvals) await this.askApproval(a)
-    return { held, toSend }
+    return { held: [...linked, ...held], toSend }
   }
 
   /**
@@ -227,9 +349,13 @@ export class ResponseEngine {
   private async loadGuardRailWindow(): Promise<void> {
     this.windowReadAt = this.now()
     const since = new Date(this.now() - HOUR_MS)
-    this.recentAuto = (await this.deps.actions.withStatus(COUNTED, since))
+    const stored = (await this.deps.actions.withStatus(COUNTED, since))
       .filter((a) => a.requested_by.startsWith('auto:'))
-      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z') }))
+      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z'), action_id: a.action_id }))
+    // Actions decided in the last seconds may not be stored yet (the fast path writes while it sends): kept counted.
+    const storedIds = new Set(stored.map((a) => a.action_id))
+    const inFlight = this.recentAuto.filter((a) => a.action_id && !storedIds.has(a.action_id) && a.at > this.now() - 30_000)
+    this.recentAuto = [...stored, ...inFlight]
   }
 
   /** Why an automatic action must not go out, if it must not. */
@@ -599,8 +725,10 @@ export class ResponseEngine {
     return new Map(rows.map((r) => [r.key_id, { ...r, auto_generated: Boolean(r.auto_generated) }]))
   }
 
-  private async save(actions: Action[]): Promise<void> {
-    if (!actions.length) return
+  private async save(written: Action[]): Promise<void> {
+    if (!written.length) return
+    const actions = written.map((a) => (a.finding_id ? a : { ...a, finding_id: this.linkedFinding.get(a.action_id) ?? '' }))
+    for (const a of actions) if (this.fastActed.get(a.key_id)?.action_id === a.action_id) this.fastActed.set(a.key_id, a)
     await this.deps.actions.write(actions)
     for (const action of actions) {
       for (const l of this.listeners) {

@@ -92,11 +92,14 @@ describe('automatic response to a leaked key', () => {
     const reported = await api.inject({ method: 'POST', url: '/v1/leaks', headers: { 'content-type': 'application/json', ...ingester }, payload: leak(key.account_id, new Date().toISOString(), key.secret) })
     expect(reported.statusCode).toBe(202)
 
-    const action = await settledAction(key)
+    // Decided as the report arrived, sent while the action was written; linked to its finding once that is recorded.
+    const action = await waitFor('the confirmed action linked to its finding', async () => (await actionsFor(key)).find((a) => a.status === 'confirmed' && a.finding_id), 20_000)
+    const [finding] = await rt.findings.list({ detector: 'leak.public_report', key_id: key.key_id })
+    expect(action.finding_id).toBe(finding!.finding_id)
     const calls = callsFor(key)
     expect(calls.map((c) => [c.command, c.status, c.signature_ok])).toEqual([['revoke', 200, true]])
     expect(calls[0]!.idempotency_key).toBe(action.command_id)
-    expect(calls[0]!.body).toMatchObject({ command_id: action.command_id, finding_id: action.finding_id, requested_by: 'auto:leak.public_report' })
+    expect(calls[0]!.body).toMatchObject({ command_id: action.command_id, requested_by: 'auto:leak.public_report' })
     expect(action).toMatchObject({ command: 'revoke', requested_by: 'auto:leak.public_report', policy: 'revoke-leaked-keys', transport: 'http', confirmed_by: 'http' })
     expect(action.confirmed_at).not.toBeNull()
     expect(service.keys.get(key.key_id)!.state).toBe('revoked')
