@@ -179,3 +179,51 @@ export function summaryMail(count: number, titles: string[], minute: string): Ma
     html: `<p>${esc(head)}:</p><ul>${shown.map((t) => `<li>${esc(t)}</li>`).join('')}</ul>${more.map((m) => `<p>${esc(m)}</p>`).join('')}`,
   }
 }
+
+/** A lifecycle change of a live key, as its owners are told: what, who, the deadline; never a secret or its hash. */
+export interface KeyChange {
+  event_id: string
+  occurred_at: string
+  account_id: string
+  key_id: string
+  key_prefix: string
+  key_kind: string
+  action: string
+  actor: string
+  replacement_key_id: string | null
+  old_key_expires_at: string | null
+  reason: string | null
+}
+
+const CHANGE_TEXT: Record<string, string> = {
+  rotated: 'was rotated',
+  rolled_back: 'was rolled back: the rotation is undone and the old key is current again',
+  revoked: 'was revoked',
+  reset: 'had its secret reset',
+  scopes_changed: 'had its scopes changed',
+  expired: 'expired',
+}
+
+export function keyChangeText(c: KeyChange): string {
+  const parts = [`${c.key_prefix} (${c.key_kind} key ${c.key_id} of ${c.account_id}) ${CHANGE_TEXT[c.action] ?? c.action} at ${c.occurred_at} UTC by ${c.actor}.`]
+  if (c.action === 'rotated') parts.push(`Replacement: ${c.replacement_key_id ?? 'unknown'}. The old key keeps working until ${c.old_key_expires_at ?? 'its deadline'} UTC: move every integration to the new key before then.`)
+  if (c.reason) parts.push(`Reason: ${clip(c.reason, MAX_EVIDENCE_VALUE)}`)
+  return redact(parts.join(' '))
+}
+
+export function keyChangeSlack(c: KeyChange, publicUrl: string): { text: string; blocks: object[] } {
+  const text = mrkdwn(keyChangeText(c))
+  return {
+    text,
+    blocks: [
+      { type: 'section', text: { type: 'mrkdwn', text: `:key: ${text}` } },
+      { type: 'context', elements: [{ type: 'mrkdwn', text: `<${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(c.key_id)}|Open the key>` }] },
+    ],
+  }
+}
+
+export function keyChangeMail(c: KeyChange, publicUrl: string): Mail {
+  const text = keyChangeText(c)
+  const link = `${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(c.key_id)}`
+  return { subject: redact(`[keywatch] ${c.key_prefix} ${CHANGE_TEXT[c.action] ?? c.action}`).slice(0, 200), text: `${text}\n\n${link}`, html: `<p>${esc(text)}</p><p><a href="${esc(link)}">Open the key</a></p>` }
+}

@@ -25,6 +25,8 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
 import { SecretIndex } from '../response/secret-index.ts'
+import type { Row } from '../ingest/rows.ts'
+import type { KeyChange } from '../alerts/messages.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
 import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
@@ -108,8 +110,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   const secrets = new SecretIndex()
   let deciding = false
   pipeline.onDecoded((table, rows) => {
-    if (table === 'key_lifecycle') secrets.applyLifecycle(rows)
-    else if (table === 'leak_reports' && deciding) response.onLeakRows(rows)
+    if (table === 'key_lifecycle') {
+      secrets.applyLifecycle(rows)
+      if (deciding) void alerts.onKeyChanges(keyChangesOf(rows)).catch((err) => log.error({ err: String(err) }, 'could not queue the key-change notifications'))
+    } else if (table === 'leak_reports' && deciding) response.onLeakRows(rows)
   })
   const tokens = new TokenStore(storage.client)
   const metrics = new Metrics()
@@ -218,6 +222,26 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       await storage.close()
     },
   }
+}
+
+/** Live keys' lifecycle rows their owners are told about (seed 004); never the secret hash. */
+function keyChangesOf(rows: Row[]): KeyChange[] {
+  return rows
+    .map((r) => r.values)
+    .filter((v) => v.mode === 'live' && v.action !== 'created')
+    .map((v) => ({
+      event_id: String(v.event_id),
+      occurred_at: String(v.occurred_at),
+      account_id: String(v.account_id),
+      key_id: String(v.key_id),
+      key_prefix: String(v.key_prefix),
+      key_kind: String(v.key_kind),
+      action: String(v.action),
+      actor: `${String(v.actor_type)}:${String(v.actor_id ?? '')}`,
+      replacement_key_id: (v.replacement_key_id as string | null) ?? null,
+      old_key_expires_at: (v.old_key_expires_at as string | null) ?? null,
+      reason: (v.reason as string | null) ?? null,
+    }))
 }
 
 function commandSender(config: Config, log: Logger): CommandSender {
