@@ -235,7 +235,7 @@ describe('what keywatch did, for an auditor of one account', () => {
     await waitFor("keywatch's audit record of its revoke", async () =>
       (await queryRows<{ n: number }>(rt.storage.client, "SELECT count() AS n FROM audit_trail WHERE actor = 'keywatch' AND action = 'key.revoke' AND target = {k:String}", { k: leaked.key_id }))[0]!.n > 0,
     20_000)
-    const [finding] = await rt.findings.list({ detector: 'leak.public_report', key_id: leaked.key_id })
+    const finding = await waitFor('the leak finding', async () => (await rt.findings.list({ detector: 'leak.public_report', key_id: leaked.key_id }))[0], 20_000)
     await rt.findings.setStatus(finding!.finding_id, 'acknowledged', 'token:ops', 'looking at it')
 
     const end = new Date(Date.now() + 60_000).toISOString()
