@@ -226,8 +226,8 @@ export class ResponseEngine {
     )
     const sent = this.send(action).then((done) => {
       timing.sent_at = performance.timeOrigin + performance.now()
-      // A failed fast action is left to the detector's run to try again, like any failed automatic action.
-      if (done.status === 'failed' && this.fastActed.get(done.key_id)?.action_id === done.action_id) this.fastActed.delete(done.key_id)
+      // A failed fast action is tried again when its finding fires again, like any failed automatic action.
+      if (done.status === 'failed') this.decided.delete(this.linkedFinding.get(done.action_id) ?? '')
       return done
     })
     await Promise.all([written, sent])
@@ -278,10 +278,13 @@ export class ResponseEngine {
         this.linkedFinding.set(fast.action_id, f.finding_id)
         linked.push({ ...fast, finding_id: f.finding_id })
       }
-      this.decided.add(f.finding_id)
+      // Failed: linked, and tried again (up to 3 attempts) when the finding fires again, not now a second time.
+      if (fast.status === 'failed') this.fastActed.delete(f.key_id)
+      else this.decided.add(f.finding_id)
       return false
     })
-    if (linked.length) await this.save(linked)
+    // Only the finding id changes: no new decision, so nothing to tell (audit, metrics) a second time.
+    if (linked.length) await this.save(linked, { quiet: true })
     if (!findings.length) return { held: linked, toSend: [] }
     const previous = await this.deps.actions.forFindings(findings.map((f) => f.finding_id))
     const keys = await this.keyFacts(findings.map((f) => f.key_id))
@@ -725,11 +728,12 @@ export class ResponseEngine {
     return new Map(rows.map((r) => [r.key_id, { ...r, auto_generated: Boolean(r.auto_generated) }]))
   }
 
-  private async save(written: Action[]): Promise<void> {
+  private async save(written: Action[], opts: { quiet?: boolean } = {}): Promise<void> {
     if (!written.length) return
     const actions = written.map((a) => (a.finding_id ? a : { ...a, finding_id: this.linkedFinding.get(a.action_id) ?? '' }))
     for (const a of actions) if (this.fastActed.get(a.key_id)?.action_id === a.action_id) this.fastActed.set(a.key_id, a)
     await this.deps.actions.write(actions)
+    if (opts.quiet) return
     for (const action of actions) {
       for (const l of this.listeners) {
         try {
