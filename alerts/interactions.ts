@@ -17,13 +17,22 @@ export interface InteractionDeps {
   audit: AuditLog
   /** Revokes (or, for an auto-generated key, resets) the finding's key; resolves with what happened. */
   revoke: (finding: Finding, actor: string) => Promise<{ status: string; detail: string }>
+  /** Approves or rejects an automatic action awaiting approval (the response engine's decideApproval). */
+  decideApproval?: (actionId: string, decision: 'approve' | 'reject', actor: string) => Promise<{ status: string; detail: string; account_id: string; key_prefix: string }>
   now?: () => number
 }
 
 const payloadSchema = z.object({
   type: z.literal('block_actions'),
   user: z.object({ id: z.string().min(1) }),
-  actions: z.array(z.object({ action_id: z.enum(['acknowledge', 'snooze', 'revoke']), value: z.string().regex(/^fnd_[a-f0-9]{24}$/) })).min(1),
+  actions: z
+    .array(
+      z.union([
+        z.object({ action_id: z.enum(['acknowledge', 'snooze', 'revoke']), value: z.string().regex(/^fnd_[a-f0-9]{24}$/) }),
+        z.object({ action_id: z.enum(['approve', 'reject']), value: z.string().regex(/^act_[a-f0-9]{24}$/) }),
+      ]),
+    )
+    .min(1),
 })
 
 export const userRolesSchema = z.record(z.string().regex(/^[UW][A-Z0-9]{2,20}$/, 'must be a Slack user id'), z.enum(ROLES))
@@ -59,6 +68,23 @@ export async function slackInteractionRoutes(app: FastifyInstance, deps: Interac
       await audit('denied', { role: role ?? null })
       return reply.send({ response_type: 'ephemeral', replace_original: false, text: 'You are not mapped to a keywatch role that may act on alerts. Ask a keywatch admin.' })
     }
+    if (action_id === 'approve' || action_id === 'reject') {
+      // The value is an action id here. Decided before answering (one engine call, no key service wait for a reject;
+      // an approve answers once the command went out): Slack is told the outcome, or why not.
+      if (!deps.decideApproval) {
+        await audit('refused', { reason: 'approvals are not available here' })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: 'Approvals are not available on this keywatch.' })
+      }
+      try {
+        const r = await deps.decideApproval(findingId, action_id, actor)
+        await audit(r.status === 'failed' ? 'failed' : 'ok', { account_id: r.account_id, key_prefix: r.key_prefix, status: r.status, detail: r.detail })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: `${action_id === 'approve' ? 'Approved' : 'Rejected'}: action ${findingId} is ${r.status}.` })
+      } catch (err) {
+        const e = err as Error & { status?: number }
+        await audit(e.status && e.status < 500 ? 'refused' : 'failed', { error: e.message })
+        return reply.send({ response_type: 'ephemeral', replace_original: false, text: `Not done: ${e.message}` })
+      }
+    }
     const [finding] = await deps.findings.list({ finding_id: findingId, limit: 1 })
     if (!finding) {
       await audit('refused', { reason: 'no such finding' })
@@ -66,21 +92,21 @@ export async function slackInteractionRoutes(app: FastifyInstance, deps: Interac
     }
     if (action_id === 'acknowledge') {
       await deps.findings.setStatus(findingId, 'acknowledged', actor, 'acknowledged in Slack')
-      await audit('ok')
+      await audit('ok', { account_id: finding.account_id })
       return reply.send({ response_type: 'ephemeral', replace_original: false, text: `Acknowledged: ${finding.title}` })
     }
     if (action_id === 'snooze') {
       const until = new Date((deps.now ?? Date.now)() + 24 * 3_600_000).toISOString()
       await deps.findings.suppress({ detector: finding.detector, account_id: finding.account_id, key_id: finding.key_id, user_id: finding.user_id, ip: finding.ip, reason: 'snoozed 24 h in Slack', author: actor, expires_at: until })
       await deps.findings.setStatus(findingId, 'suppressed', actor, `snoozed in Slack until ${until}`)
-      await audit('ok', { until })
+      await audit('ok', { account_id: finding.account_id, until })
       return reply.send({ response_type: 'ephemeral', replace_original: false, text: `Snoozed for 24 h: ${finding.title}` })
     }
     // Revoke: answered at once (Slack wants 200 within 3 s); the message is updated when the key service confirms.
     void deps
       .revoke(finding, actor)
-      .then((r) => audit(r.status === 'failed' || r.status === 'refused' ? 'failed' : 'ok', { status: r.status, detail: r.detail }))
-      .catch((err: Error & { status?: number }) => audit(err.status && err.status < 500 ? 'refused' : 'failed', { error: err.message }))
+      .then((r) => audit(r.status === 'failed' || r.status === 'refused' ? 'failed' : 'ok', { account_id: finding.account_id, status: r.status, detail: r.detail }))
+      .catch((err: Error & { status?: number }) => audit(err.status && err.status < 500 ? 'refused' : 'failed', { account_id: finding.account_id, error: err.message }))
     return reply.send({ response_type: 'ephemeral', replace_original: false, text: `Revoking ${String(finding.evidence.key_prefix ?? finding.key_id)}…` })
   })
 }

@@ -52,6 +52,12 @@ export function findingLink(publicUrl: string, f: Finding): string {
   return `${publicUrl.replace(/\/$/, '')}/findings/${f.finding_id}`
 }
 
+/** A leaked key's alert links to its exposure report (the playbook's next step). */
+function exposureLink(publicUrl: string, f: Finding): string {
+  if (!f.key_id || !f.detector.startsWith('leak.')) return ''
+  return ` · <${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(f.key_id)}|Exposure report>`
+}
+
 /** The Revoke button is offered on a critical leak finding whose key is not revoked yet. */
 function offersRevoke(f: Finding, a: ActionNote | undefined): boolean {
   return f.severity === 'critical' && f.detector.startsWith('leak.') && Boolean(f.key_id) && f.evidence.key_status !== 'revoked' && !(a?.kind === 'revoke' && a.status === 'confirmed')
@@ -61,7 +67,19 @@ export function slackMessage(f: Finding, action: ActionNote | undefined, publicU
   const subject = f.key_id ? `${String(f.evidence.key_prefix ?? '')} (${f.key_id})`.trim() : f.user_id || f.ip
   const text = mrkdwn(redact(`${f.severity.toUpperCase()} ${f.title} — ${f.account_id}`))
   const buttons: object[] = []
-  if (f.status === 'open') {
+  const approval = f.detector === 'response.approval_required' && typeof f.evidence.action_id === 'string' ? f.evidence.action_id : undefined
+  if (approval && f.status === 'open') {
+    // Decided by one person with the responder or admin role; the message is updated once decided.
+    buttons.push({
+      type: 'button',
+      action_id: 'approve',
+      style: 'primary',
+      text: { type: 'plain_text', text: 'Approve' },
+      value: approval,
+      confirm: { title: { type: 'plain_text', text: 'Approve this action?' }, text: { type: 'plain_text', text: redact(`${String(f.evidence.command ?? 'Revoke')} ${subject} now. Anything still using it will fail.`) }, confirm: { type: 'plain_text', text: 'Approve' }, deny: { type: 'plain_text', text: 'Cancel' } },
+    })
+    buttons.push({ type: 'button', action_id: 'reject', style: 'danger', text: { type: 'plain_text', text: 'Reject' }, value: approval })
+  } else if (f.status === 'open') {
     buttons.push({ type: 'button', action_id: 'acknowledge', text: { type: 'plain_text', text: 'Acknowledge' }, value: f.finding_id })
     buttons.push({ type: 'button', action_id: 'snooze', text: { type: 'plain_text', text: 'Snooze 24 h' }, value: f.finding_id })
   }
@@ -90,7 +108,7 @@ export function slackMessage(f: Finding, action: ActionNote | undefined, publicU
     },
     { type: 'section', text: { type: 'mrkdwn', text: clip(`*Evidence*\n${evidenceLines(f).map((l) => `• ${mrkdwn(l)}`).join('\n') || '—'}`, MAX_SECTION_TEXT) } },
     { type: 'section', text: { type: 'mrkdwn', text: `*Action*\n${mrkdwn(actionText(action))}` } },
-    { type: 'context', elements: [{ type: 'mrkdwn', text: `<${findingLink(publicUrl, f)}|Open the finding> · ${f.finding_id}` }] },
+    { type: 'context', elements: [{ type: 'mrkdwn', text: `<${findingLink(publicUrl, f)}|Open the finding>${exposureLink(publicUrl, f)} · ${f.finding_id}` }] },
   ]
   if (buttons.length) blocks.push({ type: 'actions', block_id: `finding:${f.finding_id}`, elements: buttons })
   return { text, blocks }
@@ -160,4 +178,52 @@ export function summaryMail(count: number, titles: string[], minute: string): Ma
     text: [head, '', ...shown.map((t) => `  ${t}`), ...more].join('\n'),
     html: `<p>${esc(head)}:</p><ul>${shown.map((t) => `<li>${esc(t)}</li>`).join('')}</ul>${more.map((m) => `<p>${esc(m)}</p>`).join('')}`,
   }
+}
+
+/** A lifecycle change of a live key, as its owners are told: what, who, the deadline; never a secret or its hash. */
+export interface KeyChange {
+  event_id: string
+  occurred_at: string
+  account_id: string
+  key_id: string
+  key_prefix: string
+  key_kind: string
+  action: string
+  actor: string
+  replacement_key_id: string | null
+  old_key_expires_at: string | null
+  reason: string | null
+}
+
+const CHANGE_TEXT: Record<string, string> = {
+  rotated: 'was rotated',
+  rolled_back: 'was rolled back: the rotation is undone and the old key is current again',
+  revoked: 'was revoked',
+  reset: 'had its secret reset',
+  scopes_changed: 'had its scopes changed',
+  expired: 'expired',
+}
+
+export function keyChangeText(c: KeyChange): string {
+  const parts = [`${c.key_prefix} (${c.key_kind} key ${c.key_id} of ${c.account_id}) ${CHANGE_TEXT[c.action] ?? c.action} at ${c.occurred_at} UTC by ${c.actor}.`]
+  if (c.action === 'rotated') parts.push(`Replacement: ${c.replacement_key_id ?? 'unknown'}. The old key keeps working until ${c.old_key_expires_at ?? 'its deadline'} UTC: move every integration to the new key before then.`)
+  if (c.reason) parts.push(`Reason: ${clip(c.reason, MAX_EVIDENCE_VALUE)}`)
+  return redact(parts.join(' '))
+}
+
+export function keyChangeSlack(c: KeyChange, publicUrl: string): { text: string; blocks: object[] } {
+  const text = mrkdwn(keyChangeText(c))
+  return {
+    text,
+    blocks: [
+      { type: 'section', text: { type: 'mrkdwn', text: `:key: ${text}` } },
+      { type: 'context', elements: [{ type: 'mrkdwn', text: `<${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(c.key_id)}|Open the key>` }] },
+    ],
+  }
+}
+
+export function keyChangeMail(c: KeyChange, publicUrl: string): Mail {
+  const text = keyChangeText(c)
+  const link = `${publicUrl.replace(/\/$/, '')}/#/keys/${encodeURIComponent(c.key_id)}`
+  return { subject: redact(`[keywatch] ${c.key_prefix} ${CHANGE_TEXT[c.action] ?? c.action}`).slice(0, 200), text: `${text}\n\n${link}`, html: `<p>${esc(text)}</p><p><a href="${esc(link)}">Open the key</a></p>` }
 }

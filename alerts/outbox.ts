@@ -11,7 +11,7 @@ export interface OutboxAlert {
   alert_id: string
   channel: 'slack' | 'email' | 'log'
   destination: string
-  kind: 'finding' | 'update' | 'summary' | 'digest'
+  kind: 'finding' | 'update' | 'summary' | 'digest' | 'key_change'
   finding_id: string
   severity: string
   payload: string

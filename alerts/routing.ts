@@ -16,8 +16,21 @@ const routeSchema = z.strictObject({
   email: z.array(email).default([]),
 })
 
+/** Lifecycle changes of live keys an owner is told about (seed 004). */
+export const KEY_CHANGES = ['rotated', 'rolled_back', 'revoked', 'reset', 'scopes_changed', 'expired'] as const
+
+const keyChangesSchema = z.strictObject({
+  /** An account id, or * for every account. */
+  account: z.string().min(1),
+  changes: z.array(z.enum(KEY_CHANGES)).default([...KEY_CHANGES]),
+  slack: z.string().min(1).optional().describe('a channel name or id'),
+  email: z.array(email).default([]),
+})
+
 export const routesSchema = z.strictObject({
   routes: z.array(routeSchema).default([]),
+  /** Subscriptions to lifecycle changes of live keys, per account, by Slack and mail. */
+  key_changes: z.array(keyChangesSchema).optional(),
   digests: z
     .array(z.strictObject({ account: z.string().min(1).describe("an account id, or * for each account"), email: z.array(email).min(1), every: z.enum(['daily', 'weekly']).default('weekly') }))
     .default([]),

@@ -9,7 +9,7 @@ import { listKeys } from '../api/keys.ts'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
-import { digestMail, findingMail, slackMessage, slackSummary, summaryMail, type ActionNote, type Mail } from './messages.ts'
+import { digestMail, findingMail, keyChangeMail, keyChangeSlack, slackMessage, slackSummary, summaryMail, type ActionNote, type KeyChange, type Mail } from './messages.ts'
 import { Outbox, type Delivery, type NewAlert, type OutboxAlert, type OutboxLogger } from './outbox.ts'
 import { destinationsFor, type Routes } from './routing.ts'
 
@@ -33,6 +33,8 @@ export interface FindingAlert {
   action?: ActionNote
   /** The incident it belongs to: a later finding of an incident is posted in the thread of the incident's first message. */
   incident?: { incident_id: string; opened: boolean; earlier: string[] }
+  /** Alert again even inside the dedup window (a pending approval, every 15 minutes). */
+  realert?: boolean
 }
 
 interface Payload {
@@ -116,13 +118,13 @@ export class AlertService {
     const send: NewAlert[] = []
     const noted: string[] = []
     const hold: { alert: NewAlert; title: string; destination: string }[] = []
-    for (const { finding, action, incident } of wanted) {
+    for (const { finding, action, incident, realert } of wanted) {
       for (const d of destinationsFor(this.config.routes, finding, { slack: Boolean(this.slack), email: Boolean(this.mailer) })) {
         // One alert per finding and destination per dedup window, unless the severity rose since the last one.
         const dedupKey = `${finding.finding_id}\u0000${d.channel}:${d.destination}`
         const last = this.lastAlertOf(dedupKey, earlier, finding.finding_id, d)
         const rank = SEVERITY_RANK[finding.severity]
-        if (last && last.at > since && rank <= last.rank) continue
+        if (!realert && last && last.at > since && rank <= last.rank) continue
         const alert: NewAlert = { channel: d.channel, destination: d.destination, kind: 'finding', finding_id: finding.finding_id, severity: finding.severity, payload: JSON.stringify(this.payload(d.channel, finding, action, incident)) }
         if (this.withinCap(`${d.channel}:${d.destination}`)) {
           this.lastAlerted.set(dedupKey, { at: this.now(), rank })
@@ -179,6 +181,34 @@ export class AlertService {
         payload: JSON.stringify({ slack: slackMessage(finding, action, this.config.publicUrl), update_of: finding.finding_id } satisfies Payload),
       })),
     )
+  }
+
+  /**
+   * Lifecycle changes of live keys, to the accounts' subscribers (`key_changes` routes), by Slack and mail. One
+   * notification per event and destination: a redelivered event (or one ingested twice) is not told again.
+   */
+  async onKeyChanges(changes: KeyChange[]): Promise<OutboxAlert[]> {
+    const subs = this.config.routes.key_changes ?? []
+    if (!subs.length) return []
+    const wanted: NewAlert[] = []
+    for (const c of changes) {
+      for (const sub of subs) {
+        if ((sub.account !== '*' && sub.account !== c.account_id) || !(sub.changes as string[]).includes(c.action)) continue
+        const ref = `lifecycle:${c.event_id}`
+        if (sub.slack) wanted.push({ channel: this.slack ? 'slack' : 'log', destination: this.slack ? sub.slack : 'key-changes', kind: 'key_change', finding_id: ref, severity: 'info', payload: JSON.stringify({ slack: keyChangeSlack(c, this.config.publicUrl), title: c.key_prefix } satisfies Payload) })
+        if (sub.email.length) wanted.push({ channel: this.mailer ? 'email' : 'log', destination: this.mailer ? sub.email.join(',') : 'key-changes', kind: 'key_change', finding_id: ref, severity: 'info', payload: JSON.stringify({ mail: keyChangeMail(c, this.config.publicUrl), slack: { text: keyChangeSlack(c, this.config.publicUrl).text, blocks: [] } } satisfies Payload) })
+      }
+    }
+    if (!wanted.length) return []
+    const sentBefore = await this.outbox.forFindings([...new Set(wanted.map((w) => w.finding_id))])
+    const seen = new Set(sentBefore.map((a) => `${a.finding_id}\u0000${a.channel}:${a.destination}`))
+    const fresh = wanted.filter((w) => {
+      const k = `${w.finding_id}\u0000${w.channel}:${w.destination}`
+      if (seen.has(k)) return false
+      seen.add(k)
+      return true
+    })
+    return this.outbox.enqueue(fresh)
   }
 
   /**

@@ -4,11 +4,18 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod'
 import { z } from 'zod'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { ActionStore } from '../response/actions.ts'
-import type { ResponseEngine } from '../response/engine.ts'
+import { ResponseError, type ResponseEngine } from '../response/engine.ts'
 import { exposureCsv, exposureReport } from '../response/exposure.ts'
 import { principalOf } from './auth.ts'
 import { ApiError } from './errors.ts'
 import { ACTION_STATUSES, actionParams, instant, keyParams, limit, reason } from './schemas.ts'
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The route needs a fresh second factor (enforced by the step-up hook where it is installed). */
+    stepUp?: boolean
+  }
+}
 
 export interface ResponseApiDeps {
   response: ResponseEngine
@@ -34,7 +41,15 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
         schema: { tags: ['response'], summary: command === 'revoke' ? 'Revoke a key now' : "Reset a key's secret", params: keyParams, body: manualBody },
       },
       async (request) => {
-        return { action: await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body }) }
+        try {
+          const action = await deps.response.manual({ command, key_id: request.params.id, actor: principalOf(request).actor, ...request.body })
+          request.auditDetail = { account_id: action.account_id, key_prefix: action.key_prefix, action_id: action.action_id, status: action.status }
+          return { action }
+        } catch (err) {
+          // A refusal is audited against the account of the key it concerns; the error handler answers it.
+          if (err instanceof ResponseError && err.action) request.auditDetail = { account_id: err.action.account_id, key_prefix: err.action.key_prefix, action_id: err.action.action_id }
+          throw err
+        }
       },
     )
   }
@@ -61,20 +76,45 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
     return { action }
   })
 
+  // A person approves or rejects an automatic action a guard rail (or its policy rule) held back. Approving sends it:
+  // a step-up second factor is asked where that hook is installed.
+  for (const decision of ['approve', 'reject'] as const) {
+    r.post(
+      `/v1/actions/:id/${decision}`,
+      {
+        config: { permission: 'respond', audit: `action.${decision}`, ...(decision === 'approve' ? { stepUp: true } : {}) },
+        schema: { tags: ['response'], summary: decision === 'approve' ? 'Approve an action awaiting approval (it is sent at once)' : 'Reject an action awaiting approval', params: actionParams, body: z.strictObject({ reason }) },
+      },
+      async (request) => {
+        request.auditDetail = { reason: request.body.reason }
+        try {
+          const action = await deps.response.decideApproval({ actionId: request.params.id, decision, by: principalOf(request).actor, reason: request.body.reason })
+          request.auditDetail = { reason: request.body.reason, account_id: action.account_id, key_prefix: action.key_prefix, status: action.status }
+          return { action }
+        } catch (err) {
+          if (err instanceof ResponseError && err.action) request.auditDetail = { reason: request.body.reason, account_id: err.action.account_id, key_prefix: err.action.key_prefix }
+          if (err instanceof ResponseError) throw new ApiError(err.status, err.code, err.message)
+          throw err
+        }
+      },
+    )
+  }
+
   r.get(
     '/v1/keys/:id/exposure',
     {
       config: { permission: 'read' },
       schema: {
         tags: ['response'],
-        summary: 'What a key did while exposed (from the first leak report or anomaly until its revocation, unless from/to)',
+        summary: 'What a key did while exposed (from the earliest evidence of exposure until its revocation plus the cache grace, unless from/to), with every money-moving request',
         params: keyParams,
         querystring: z.strictObject({ from: instant.optional(), to: instant.optional(), format: z.enum(['json', 'csv']).default('json') }),
       },
     },
     async (request, reply) => {
       const q = request.query
-      const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined })
+      const policy = deps.response.policy
+      const report = await exposureReport(deps.client, request.params.id, { from: q.from ? new Date(q.from) : undefined, to: q.to ? new Date(q.to) : undefined }, new Date(), { cacheGraceSeconds: policy.cache_grace_seconds, lookbackDays: policy.exposure_lookback_days })
       if (q.format === 'json') return report
       return reply.header('content-type', 'text/csv; charset=utf-8').header('content-disposition', `attachment; filename="exposure-${report.key.key_id}.csv"`).send(exposureCsv(report))
     },

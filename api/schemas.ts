@@ -14,6 +14,6 @@ export const actionParams = z.strictObject({ id: z.string().regex(/^act_[a-f0-9]
 
 export const errorBody = z.object({ error: z.object({ code: z.string(), message: z.string() }) })
 
-export const ACTION_STATUSES = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective'] as const
+export const ACTION_STATUSES = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective', 'awaiting_approval', 'rejected', 'expired'] as const
 export const FINDING_STATUSES = ['open', 'acknowledged', 'resolved', 'suppressed'] as const
 export { SEVERITIES } from '../core/severity.ts'

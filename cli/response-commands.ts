@@ -6,7 +6,7 @@ import type { Action, ActionStatus } from '../response/actions.ts'
 import { exposureCsv, exposureReport, type ExposureReport } from '../response/exposure.ts'
 import { auditedLocally, cliActor, config, ExitError, throughInstanceOrLocal } from './context.ts'
 
-const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective']
+const STATUSES: ActionStatus[] = ['dry_run', 'paused', 'blocked', 'skipped', 'refused', 'requested', 'confirmed', 'failed', 'not_effective', 'awaiting_approval', 'rejected', 'expired']
 
 function instant(name: string, value: string | undefined): Date | undefined {
   if (value === undefined) return undefined
@@ -32,6 +32,21 @@ async function runActions(opts: { json?: boolean; account?: string; key?: string
   }
 }
 
+/** `keywatch actions approve|reject ID --reason …`: the same decision as the API and Slack's buttons. */
+async function runDecision(decision: string, actionId: string | undefined, opts: { reason?: string; json?: boolean }): Promise<void> {
+  if (decision !== 'approve' && decision !== 'reject') throw new ExitError('`keywatch actions` takes approve or reject (or no argument to list)', 2)
+  if (!actionId || !/^act_[a-f0-9]{24}$/.test(actionId)) throw new ExitError(`keywatch actions ${decision} needs an action id (act_…)`, 2)
+  if (!opts.reason?.trim()) throw new ExitError(`--reason is required: say why you ${decision} it`, 2)
+  const reason = opts.reason
+  const action = await throughInstanceOrLocal(
+    config(),
+    async (call) => (await call<{ action: Action }>('POST', `/v1/actions/${actionId}/${decision}`, { reason })).json.action,
+    (rt) => auditedLocally(rt, `action.${decision}`, actionId, () => rt.response.decideApproval({ actionId, decision, by: cliActor(), reason }), { reason }),
+  )
+  process.stdout.write(opts.json ? JSON.stringify(action) + '\n' : `${action.command} of ${action.key_prefix}: ${action.status}${action.status_detail ? ` — ${action.status_detail}` : ''} (${action.action_id})\n`)
+  if (action.status === 'failed') process.exitCode = 1
+}
+
 async function runExposure(keyId: string, opts: { from?: string; to?: string; format?: string; out?: string }): Promise<void> {
   const format = opts.format ?? 'text'
   if (!['text', 'json', 'csv'].includes(format)) throw new ExitError('--format must be text, json or csv', 2)
@@ -41,7 +56,7 @@ async function runExposure(keyId: string, opts: { from?: string; to?: string; fo
   const report = await throughInstanceOrLocal(
     config(),
     async (call) => (await call<ExposureReport>('GET', `/v1/keys/${encodeURIComponent(keyId)}/exposure?${query}`)).json,
-    (rt) => exposureReport(rt.storage.client, keyId, { from, to }),
+    (rt) => exposureReport(rt.storage.client, keyId, { from, to }, new Date(), { cacheGraceSeconds: rt.config.response.policy.cache_grace_seconds, lookbackDays: rt.config.response.policy.exposure_lookback_days }),
   )
   const output = format === 'json' ? JSON.stringify(report, null, 2) + '\n' : format === 'csv' ? exposureCsv(report) : exposureText(report)
   if (opts.out) writeFileSync(opts.out, output)
@@ -58,6 +73,10 @@ function exposureText(r: ExposureReport): string {
     `Money moved ${r.money.length ? r.money.map((m) => `${(m.amount_minor / 100).toFixed(2)} ${m.currency} in ${m.payments}`).join(', ') : 'none'}`,
     `Sources     ${t.distinct_ips} IPs, ${t.distinct_countries} countries, ${t.distinct_asns} ASNs`,
     `After       ${r.after_window.requests} requests after the window (${r.after_window.accepted} accepted)`,
+    '',
+    `Money-moving requests (${r.transactions.length}${r.transactions_truncated ? ', more not listed: narrow the window' : ''})`,
+    ...r.transactions.slice(0, 50).map((t) => `  ${t.occurred_at}  ${t.request_id.padEnd(24)} ${t.method.padEnd(6)} ${t.endpoint.padEnd(24)} ${String(t.status).padEnd(4)} ${(t.amount_minor / 100).toFixed(2).padStart(12)} ${t.currency.padEnd(4)} ${t.ip.padEnd(40)} AS${String(t.asn).padEnd(8)} ${t.country || '--'}`),
+    ...(r.transactions.length > 50 ? [`  …and ${r.transactions.length - 50} more (--format csv or json lists them all)`] : []),
     '',
     'Top IPs',
     ...r.ips.slice(0, 10).map((i) => `  ${i.ip.padEnd(40)} ${(i.country || '--').padEnd(3)} AS${String(i.asn).padEnd(8)} ${String(i.requests).padStart(8)} requests, ${i.accepted} accepted`),
@@ -96,18 +115,21 @@ async function runSwitch(what: string, opts: { reason?: string }): Promise<void>
 export function registerResponseCommands(program: Command): void {
   program
     .command('actions')
-    .description('list what keywatch did or decided about keys: revokes and resets, automatic and manual (newest first)')
+    .description('list what keywatch did or decided about keys (newest first); `actions approve|reject ID --reason …` decides on one awaiting approval')
+    .argument('[decision]', 'approve | reject')
+    .argument('[action_id]', 'the action (act_…)')
+    .option('--reason <text>', 'why you approve or reject it (required then)')
     .option('--json', 'print a JSON array')
     .option('--account <id>', 'one account')
     .option('--key <id>', 'one key')
     .option('--status <status>', STATUSES.join(', '))
     .option('--since <time>', 'RFC 3339 moment')
     .option('--limit <n>', 'at most this many (default 1000)')
-    .action(runActions)
+    .action((decision: string | undefined, actionId: string | undefined, opts) => (decision ? runDecision(decision, actionId, opts) : runActions(opts)))
 
   program
     .command('exposure')
-    .description("what a key did while exposed: from the first leak report or anomaly until its revocation, unless --from/--to")
+    .description('what a key did while exposed: from the earliest evidence of exposure until its revocation plus the cache grace, unless --from/--to; every money-moving request')
     .argument('<key_id>', 'the key (key_…)')
     .option('--from <time>', 'RFC 3339 start of the window')
     .option('--to <time>', 'RFC 3339 end of the window')

@@ -29,6 +29,9 @@ import { readFileSync } from 'node:fs'
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
+import { SecretIndex } from '../response/secret-index.ts'
+import type { Row } from '../ingest/rows.ts'
+import type { KeyChange } from '../alerts/messages.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
 import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
@@ -125,12 +128,29 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     if (!started) void groupIntoIncidents(recorded)
     for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
   }
-  const raise = async (drafts: FindingDraft[], at: Date) => {
+  const raise = async (drafts: FindingDraft[], at: Date, opts: { realert?: boolean } = {}) => {
     const recorded = await findings.record(drafts, at)
-    announce(recorded)
+    // A re-alert (a pending approval) goes out again even inside the alert dedup window.
+    announce(opts.realert ? recorded.map((r) => ({ ...r, realert: true })) : recorded)
     return recorded
   }
-  const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise })
+  const resolveFinding = async (dedupKey: string, actor: string, reason: string) => {
+    const detector = dedupKey.slice(0, dedupKey.indexOf(':'))
+    for (const f of await findings.list({ detector, limit: 1000 })) {
+      if (f.dedup_key === dedupKey && f.status !== 'resolved') await findings.setStatus(f.finding_id, 'resolved', actor, reason)
+    }
+  }
+  const response = new ResponseEngine({ client: storage.client, actions, sender, policy: config.response.policy, log, raise, resolveFinding })
+  // The current secrets of live keys, in memory and fresh from lifecycle rows as they are decoded: a leak report is
+  // decided from it as it is decoded (the response engine's fast path), once the services run.
+  const secrets = new SecretIndex()
+  let deciding = false
+  pipeline.onDecoded((table, rows) => {
+    if (table === 'key_lifecycle') {
+      secrets.applyLifecycle(rows)
+      if (deciding) void alerts.onKeyChanges(keyChangesOf(rows)).catch((err) => log.error({ err: String(err) }, 'could not queue the key-change notifications'))
+    } else if (table === 'leak_reports' && deciding) response.onLeakRows(rows)
+  })
   const tokens = new TokenStore(storage.client)
   const metrics = new Metrics()
   pipeline.onIngested((summary, rejections) => metrics.ingested(summary, rejections))
@@ -154,7 +174,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         target: action.key_id,
         request_id: action.action_id,
         outcome: action.status === 'failed' ? 'failed' : action.status === 'blocked' || action.status === 'paused' || action.status === 'dry_run' ? 'refused' : 'ok',
-        detail: { status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
+        detail: { account_id: action.account_id, status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
       })
       .catch((err) => log.error({ err: String(err) }, 'could not record the audit entry'))
   })
@@ -199,7 +219,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     async startServices() {
       if (started) return
       started = true
+      await secrets.load(storage.client)
+      response.useIndex(secrets)
       await response.start()
+      deciding = true
       await alerts.start()
       alerts.scheduleDigests()
       for (const p of custom.problems) metrics.detectorFileProblem(p.file, p.kind)
@@ -260,6 +283,26 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   }
 }
 
+/** Live keys' lifecycle rows their owners are told about (seed 004); never the secret hash. */
+function keyChangesOf(rows: Row[]): KeyChange[] {
+  return rows
+    .map((r) => r.values)
+    .filter((v) => v.mode === 'live' && v.action !== 'created')
+    .map((v) => ({
+      event_id: String(v.event_id),
+      occurred_at: String(v.occurred_at),
+      account_id: String(v.account_id),
+      key_id: String(v.key_id),
+      key_prefix: String(v.key_prefix),
+      key_kind: String(v.key_kind),
+      action: String(v.action),
+      actor: `${String(v.actor_type)}:${String(v.actor_id ?? '')}`,
+      replacement_key_id: (v.replacement_key_id as string | null) ?? null,
+      old_key_expires_at: (v.old_key_expires_at as string | null) ?? null,
+      reason: (v.reason as string | null) ?? null,
+    }))
+}
+
 function commandSender(config: Config, log: Logger): CommandSender {
   const { transport, keyService } = config.response
   if (transport === 'http' && keyService) return new HttpCommandSender(new KeyServiceClient({ baseUrl: keyService.url, secret: keyService.secret }))
@@ -311,6 +354,10 @@ function slackPlugin(rt: Runtime, signingSecret: string) {
           finding_id: finding.finding_id,
         })
         return { status: action.status, detail: action.status_detail }
+      },
+      decideApproval: async (actionId, decision, actor) => {
+        const action = await rt.response.decideApproval({ actionId, decision, by: actor, reason: `${decision === 'approve' ? 'approved' : 'rejected'} in Slack` })
+        return { status: action.status, detail: action.status_detail, account_id: action.account_id, key_prefix: action.key_prefix }
       },
     })
 }

@@ -27,8 +27,12 @@ export const LEAK_MATCH_QUERY = `
 WITH reports AS (
     SELECT event_id, account_id, token_sha256, token_prefix, source, url, occurred_at
     FROM leak_reports
-    WHERE occurred_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
-      AND occurred_at <= {at:DateTime64(3, 'UTC')}
+    WHERE occurred_at <= {at:DateTime64(3, 'UTC')}
+      -- A report is in the window by when it happened or by when it arrived: one that arrives late (consumer lag, a
+      -- scanner stamping its discovery time) is acted on as it arrives; a backtest (at in the past) sees only what
+      -- had arrived by then.
+      AND (occurred_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
+           OR (received_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32}) AND received_at <= {at:DateTime64(3, 'UTC')}))
       AND received_at > fromUnixTimestamp64Milli(toInt64({received_after_ms:UInt64}), 'UTC')
 ),
 matched_keys AS (
@@ -57,14 +61,15 @@ LEFT JOIN (
 export default defineDetector({
   id: 'leak.public_report',
   title: 'Secret key found in public',
+  // Critical for secret and restricted keys; a publishable key is public by design (low, alert only).
   severity: 'critical',
   schedule: '* * * * *',
-  lookback: '1 day of leak reports (and at once as each report is ingested)',
+  lookback: '1 day of leak reports by occurred or received time (and at once as each report is ingested, whatever its date)',
   params: { lookback_seconds: 86_400, received_after_ms: 0 },
   query: `SELECT * FROM (${LEAK_MATCH_QUERY}) WHERE key_id != '' AND is_current`,
   toFinding: (r: LeakRow) => ({
     detector: 'leak.public_report',
-    severity: 'critical',
+    severity: r.key_kind === 'publishable' ? 'low' : 'critical',
     account_id: r.account_id,
     key_id: r.key_id,
     title: `${r.key_prefix} (${r.mode} ${r.key_kind} key) found in public on ${r.source}`,
@@ -75,10 +80,12 @@ export default defineDetector({
       source: r.source,
       url: r.url,
       reported_at: r.reported_at,
+      key_kind: r.key_kind,
+      mode: r.mode,
       report_event_id: r.event_id,
       token_sha256: r.token_sha256,
     },
     dedupKey: `leak.public_report:${r.account_id}:${r.key_id}`,
   }),
-  runbook: 'Revoke the key now (reset it if it is auto-generated), then read its exposure report for what the leaked key did.',
+  runbook: 'Revoke a secret or restricted key now (reset it if it is auto-generated), then read its exposure report for what the leaked key did. A publishable key is public by design: check where it was found, nothing to revoke.',
 })

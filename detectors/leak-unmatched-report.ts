@@ -7,7 +7,7 @@ export default defineDetector({
   title: 'Leak report matching no current secret',
   severity: 'info',
   schedule: '* * * * *',
-  lookback: '1 day of leak reports (and at once as each report is ingested)',
+  lookback: '1 day of leak reports by occurred or received time (and at once as each report is ingested, whatever its date)',
   params: { lookback_seconds: 86_400, received_after_ms: 0 },
   // A report matches nothing current when no key's current secret has its hash (it may match superseded ones).
   query: `

@@ -1,5 +1,5 @@
 // Scheduled exports: every day (00:20 UTC) the day before, every month (the 1st, 01:00 UTC) the month before, of
-// both datasets, written with their signed manifests under the export directory: daily/ and monthly/.
+// every dataset, written with their signed manifests under the export directory: daily/ and monthly/.
 import type { KeyObject } from 'node:crypto'
 import { join } from 'node:path'
 import cron, { type ScheduledTask } from 'node-cron'
@@ -18,7 +18,7 @@ export interface ScheduleOptions {
 
 const EXTENSION: Record<ExportFormat, string> = { csv: 'csv', ndjson: 'ndjson', parquet: 'parquet' }
 
-/** Exports one period of both datasets: `daily` for the UTC day before `now`, `monthly` for the month before. */
+/** Exports one period of every dataset: `daily` for the UTC day before `now`, `monthly` for the month before. */
 export async function exportPeriod(options: ScheduleOptions, period: 'daily' | 'monthly', now = new Date()): Promise<Manifest[]> {
   const to = period === 'daily' ? Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()) : Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)
   const from = period === 'daily' ? to - 86_400_000 : Date.UTC(new Date(to - 1).getUTCFullYear(), new Date(to - 1).getUTCMonth(), 1)

@@ -56,12 +56,19 @@ export function addSummary(into: IngestSummary, s: IngestSummary): IngestSummary
 /** Told after events of a type are newly stored (e.g. to run the leak detector as a report arrives). */
 export type StoredListener = (type: InboundType, stored: number) => void
 
+/**
+ * Told, synchronously, of each batch's valid rows per table as they are decoded, before they are stored: what must
+ * not wait for storage (the response deciding on a leaked key, the secret index it decides from) starts here.
+ */
+export type DecodedListener = (table: TableName, rows: Row[]) => void
+
 /** Told after every batch, with what became of it (metrics count here). */
 export type IngestedListener = (summary: IngestSummary, rejections: Rejection[]) => void
 
 export class IngestPipeline {
   private readonly listeners: StoredListener[] = []
   private readonly ingestedListeners: IngestedListener[] = []
+  private readonly decodedListeners: DecodedListener[] = []
 
   constructor(
     private readonly client: ClickHouseClient,
@@ -71,6 +78,10 @@ export class IngestPipeline {
 
   onStored(listener: StoredListener): void {
     this.listeners.push(listener)
+  }
+
+  onDecoded(listener: DecodedListener): void {
+    this.decodedListeners.push(listener)
   }
 
   onIngested(listener: IngestedListener): void {
@@ -99,6 +110,7 @@ export class IngestPipeline {
       rows.push(toRow(d.type, d.event))
     }
     const tables = [...byTable.keys()]
+    for (const table of tables) for (const listener of this.decodedListeners) listener(table, byTable.get(table)!)
     const writes: Promise<WriteResult>[] = tables.map((table) => this.writer.write(table, byTable.get(table)!))
     const [results] = await Promise.all([Promise.all(writes), this.recordRejections(rejections)])
     results.forEach((r, i) => {

@@ -126,6 +126,7 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: stri
     token_type: e.token_type ?? null,
     source: e.source,
     url: e.url ?? null,
+    exposed_since: chTimeOrNull(e.exposed_since),
   }),
 }
 

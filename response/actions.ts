@@ -14,6 +14,9 @@ export type ActionStatus =
   | 'confirmed' // the key service confirmed it
   | 'failed' // the key service refused it or could not be reached
   | 'not_effective' // confirmed, but the key was accepted after the cache grace period
+  | 'awaiting_approval' // decided, not sent: a guard rail stopped it, or its policy rule asks a person first
+  | 'rejected' // a person rejected the automatic action
+  | 'expired' // nobody approved or rejected it in time
 
 export interface Action {
   action_id: string
@@ -36,6 +39,11 @@ export interface Action {
   confirmed_by: '' | 'http' | 'lifecycle'
   effective_at: string | null
   updated_at: string
+  /** An awaiting_approval action expires then. */
+  expires_at: string | null
+  decided_by: string
+  decided_at: string | null
+  decision_reason: string
 }
 
 export interface ActionFilter {
@@ -49,7 +57,8 @@ export interface ActionFilter {
 const SELECT_ACTION = `SELECT action_id, toString(command_id) AS command_id, command, account_id, key_id, key_prefix, finding_id, policy,
   requested_by, reason, incident, forced, transport, status, status_detail, toString(requested_at) AS requested_at,
   if(confirmed_at IS NULL, NULL, toString(confirmed_at)) AS confirmed_at, confirmed_by,
-  if(effective_at IS NULL, NULL, toString(effective_at)) AS effective_at, toString(updated_at) AS updated_at`
+  if(effective_at IS NULL, NULL, toString(effective_at)) AS effective_at, toString(updated_at) AS updated_at,
+  if(expires_at IS NULL, NULL, toString(expires_at)) AS expires_at, decided_by, if(decided_at IS NULL, NULL, toString(decided_at)) AS decided_at, decision_reason`
 
 export class ActionStore {
   private lastVersion = 0
@@ -57,9 +66,9 @@ export class ActionStore {
   constructor(private readonly client: ClickHouseClient) {}
 
   /** A new action, not yet written. */
-  draft(fields: Omit<Action, 'action_id' | 'command_id' | 'confirmed_at' | 'confirmed_by' | 'effective_at' | 'updated_at' | 'requested_at'> & { requested_at?: Date }): Action {
+  draft(fields: Omit<Action, 'action_id' | 'command_id' | 'confirmed_at' | 'confirmed_by' | 'effective_at' | 'updated_at' | 'requested_at' | 'expires_at' | 'decided_by' | 'decided_at' | 'decision_reason'> & { requested_at?: Date }): Action {
     const at = chTime((fields.requested_at ?? new Date()).getTime())
-    return { ...fields, action_id: `act_${randomUUID().replaceAll('-', '').slice(0, 24)}`, command_id: randomUUID(), requested_at: at, confirmed_at: null, confirmed_by: '', effective_at: null, updated_at: at }
+    return { ...fields, action_id: `act_${randomUUID().replaceAll('-', '').slice(0, 24)}`, command_id: randomUUID(), requested_at: at, confirmed_at: null, confirmed_by: '', effective_at: null, updated_at: at, expires_at: null, decided_by: '', decided_at: null, decision_reason: '' }
   }
 
   async write(actions: Action[]): Promise<void> {
@@ -85,6 +94,16 @@ export class ActionStore {
   async forFindings(findingIds: string[]): Promise<Action[]> {
     if (!findingIds.length) return []
     return this.select('WHERE finding_id IN {ids:Array(String)}', { ids: findingIds }, 'ORDER BY requested_at DESC')
+  }
+
+  /** Automatic leak actions on these keys not linked to a finding yet (decided as the report arrived). */
+  async unlinkedAutomatic(keyIds: string[], since: Date): Promise<Action[]> {
+    if (!keyIds.length) return []
+    return this.select(
+      "WHERE key_id IN {keys:Array(String)} AND finding_id = '' AND requested_by = 'auto:leak.public_report' AND requested_at >= {since:DateTime64(3, 'UTC')}",
+      { keys: keyIds, since: chTime(since.getTime()) },
+      'ORDER BY requested_at',
+    )
   }
 
   async withStatus(statuses: ActionStatus[], since: Date): Promise<Action[]> {

@@ -10,6 +10,18 @@ import type { Action, ActionStatus, ActionStore } from './actions.ts'
 import { matchRule, type Policy } from './policy.ts'
 import type { CommandSender, SendResult } from './senders.ts'
 import { KeywatchError, kindOfStatus } from '../core/errors.ts'
+import type { Row } from '../ingest/rows.ts'
+import type { SecretIndex } from './secret-index.ts'
+
+/** The stages of one leak report decided on the fast path, for bench:revoke (ms since the time origin). */
+export interface FastTiming {
+  key_id: string
+  decoded_at: number
+  decide_us: number
+  send_started_at: number
+  sent_at: number
+  written_at: number
+}
 
 export interface Logger {
   info(obj: object, msg?: string): void
@@ -36,9 +48,23 @@ export interface ResponseDeps {
   sender: CommandSender
   policy: Policy
   log: Logger
-  /** Records findings keywatch raises itself (a tripped guard rail, a revocation that did not bite) and alerts on them. */
-  raise: (drafts: FindingDraft[], at: Date) => Promise<Recorded[]>
+  /**
+   * Records findings keywatch raises itself (a tripped guard rail, a revocation that did not bite, an approval asked
+   * for) and alerts on them; `realert` alerts again even inside the alert dedup window.
+   */
+  raise: (drafts: FindingDraft[], at: Date, opts?: { realert?: boolean }) => Promise<Recorded[]>
+  /** Closes keywatch's own finding once what it asked for is decided (an approval request). */
+  resolveFinding?: (dedupKey: string, actor: string, reason: string) => Promise<void>
   now?: () => number
+}
+
+/** A person's decision on an automatic action awaiting approval; the one function the API, the CLI and Slack call. */
+export interface ApprovalDecision {
+  actionId: string
+  decision: 'approve' | 'reject'
+  /** `token:<name>`, `cli:<user>`, `slack:<user id>`: the transport checked that this person may respond. */
+  by: string
+  reason: string
 }
 
 export interface ManualRequest {
@@ -77,10 +103,22 @@ type ActionListener = (action: Action) => void
 export class ResponseEngine {
   private queue: Promise<unknown> = Promise.resolve()
   /** Automatic actions that went out in the last hour, for the guard rails (read at each decision, then counted on). */
-  private recentAuto: { account_id: string; at: number }[] = []
+  private recentAuto: { account_id: string; at: number; action_id?: string }[] = []
+  private index?: SecretIndex
+  /** Keys a leak report was acted on by the fast path, and that action (latest state): the finding links to it. */
+  private readonly fastActed = new Map<string, Action>()
+  /** Actions decided before their finding was recorded: action id -> finding id, kept on every later write. */
+  private readonly linkedFinding = new Map<string, string>()
+  private stateTimer?: NodeJS.Timeout
+  /** The last fast-path decisions' stages (bench:revoke prints them). */
+  readonly fastTimings: FastTiming[] = []
   private windowReadAt = 0
   private readonly listeners: ActionListener[] = []
   private watchTimer?: NodeJS.Timeout
+  private approvalTimer?: NodeJS.Timeout
+  /** When each pending approval was last alerted (by this process): re-alerted every `realert_minutes`. */
+  private readonly approvalAlertedAt = new Map<string, number>()
+  private pausedCache?: { paused: boolean; at: number }
   /** Findings already decided in this process (not failed): a finding that fires again is not looked up again. */
   private readonly decided = new Set<string>()
   private readonly now: () => number
@@ -108,10 +146,99 @@ export class ResponseEngine {
       void this.checkEffectiveness().catch((err) => this.deps.log.error({ err: String(err) }, 'revocation watch failed'))
     }, 60_000)
     this.watchTimer.unref()
+    this.approvalTimer = setInterval(() => {
+      void this.checkApprovals().catch((err) => this.deps.log.error({ err: String(err) }, 'approval check failed'))
+    }, 60_000)
+    this.approvalTimer.unref()
+    // The fast path reads the kill switch and the guard-rail window from memory: refreshed here, never on its way.
+    await this.refreshState()
+    this.stateTimer = setInterval(() => void this.refreshState().catch((err) => this.deps.log.error({ err: String(err) }, 'could not refresh the response state')), WINDOW_REFRESH_MS)
+    this.stateTimer.unref()
+  }
+
+  private async refreshState(): Promise<void> {
+    await this.state()
+  }
+
+  /** Decides leak reports from this index of current secrets as they are decoded (see onLeakRows). */
+  useIndex(index: SecretIndex): void {
+    this.index = index
+  }
+
+  /**
+   * The fast path: leak report rows as they are decoded, before they are stored. A report matching the current
+   * secret of a live key (whatever its occurred_at) that the policy revokes, with nothing holding it back, is decided
+   * here from memory, and the action is written while its command is sent. Everything else (held, approval, alert
+   * only) is left to the leak detector's run, which follows the report's storage and records the finding; that
+   * finding is then linked to the action taken here, never decided twice.
+   */
+  onLeakRows(rows: Row[]): void {
+    const index = this.index
+    const paused = this.pausedCache?.paused
+    if (!index?.ready || paused === undefined || this.deps.policy.mode !== 'enforce') return
+    for (const row of rows) {
+      const decodedAt = performance.timeOrigin + performance.now()
+      const t0 = performance.now()
+      const hash = row.values.token_sha256
+      const key = typeof hash === 'string' ? index.lookup(hash) : undefined
+      if (!key || this.fastActed.has(key.key_id)) continue
+      const severity = key.key_kind === 'publishable' ? 'low' : 'critical'
+      const rule = matchRule(this.deps.policy, { detector: 'leak.public_report', severity, key_kind: key.key_kind, mode: key.mode })
+      if (!rule || rule.action === 'alert' || rule.approve) continue
+      const facts: KeyFacts = { account_id: key.account_id, key_id: key.key_id, key_prefix: key.key_prefix, key_kind: key.key_kind, mode: key.mode, status: 'active', auto_generated: key.auto_generated }
+      if (this.holdReason(facts, paused)) continue
+      const { command, note } = commandFor(facts, rule.action)
+      const action = this.deps.actions.draft({
+        command,
+        account_id: key.account_id,
+        key_id: key.key_id,
+        key_prefix: key.key_prefix,
+        finding_id: '',
+        policy: rule.name,
+        requested_by: 'auto:leak.public_report',
+        reason: `Secret found in public on ${String(row.values.source)} (leak report ${row.eventId})`,
+        incident: true,
+        forced: false,
+        transport: this.deps.sender.transport,
+        status: 'requested',
+        status_detail: note,
+        requested_at: new Date(this.now()),
+      })
+      this.recentAuto.push({ account_id: key.account_id, at: this.now(), action_id: action.action_id })
+      this.fastActed.set(key.key_id, action)
+      if (this.fastActed.size > 100_000) this.fastActed.clear() // a bound: the actions table is the truth
+      const decideUs = (performance.now() - t0) * 1000
+      void this.fastSend(action, decodedAt, decideUs).catch((err) => this.deps.log.error({ err: String(err), action: action.action_id }, 'fast-path action failed'))
+    }
+  }
+
+  /** Writes the action while its command goes out: durable without waiting for the engine first. */
+  private async fastSend(action: Action, decodedAt: number, decideUs: number): Promise<void> {
+    const timing: FastTiming = { key_id: action.key_id, decoded_at: decodedAt, decide_us: decideUs, send_started_at: performance.timeOrigin + performance.now(), sent_at: 0, written_at: 0 }
+    const written = this.save([action]).then(
+      () => void (timing.written_at = performance.timeOrigin + performance.now()),
+      // Not recorded before the send: record it again after (the command id makes the send itself idempotent).
+      async (err: unknown) => {
+        this.deps.log.error({ err: String(err), action: action.action_id }, 'could not record the action before sending; retrying')
+        await new Promise((r) => setTimeout(r, 200))
+        await this.save([action])
+      },
+    )
+    const sent = this.send(action).then((done) => {
+      timing.sent_at = performance.timeOrigin + performance.now()
+      // A failed fast action is tried again when its finding fires again, like any failed automatic action.
+      if (done.status === 'failed') this.decided.delete(this.linkedFinding.get(done.action_id) ?? '')
+      return done
+    })
+    await Promise.all([written, sent])
+    this.fastTimings.push(timing)
+    if (this.fastTimings.length > 10_000) this.fastTimings.splice(0, 5_000)
   }
 
   stop(): Promise<unknown> {
     clearInterval(this.watchTimer)
+    clearInterval(this.approvalTimer)
+    clearInterval(this.stateTimer)
     return this.queue
   }
 
@@ -137,13 +264,35 @@ export class ResponseEngine {
   }
 
   /** Decides what to do for each finding; held actions are saved as such, the others saved as requested. */
-  private async decide(findings: Finding[]): Promise<{ held: Action[]; toSend: Action[] }> {
+  private async decide(candidates: Finding[]): Promise<{ held: Action[]; toSend: Action[] }> {
+    let findings = candidates
+    // Leak findings whose report the fast path already acted on are linked to that action, never decided again;
+    // after a restart the table says which keys have such an action waiting for its finding.
+    const leaks = findings.filter((f) => f.detector === 'leak.public_report' && !this.fastActed.has(f.key_id))
+    if (leaks.length) for (const a of await this.deps.actions.unlinkedAutomatic(leaks.map((f) => f.key_id), new Date(this.now() - 24 * HOUR_MS))) if (!this.fastActed.has(a.key_id)) this.fastActed.set(a.key_id, a)
+    const linked: Action[] = []
+    findings = findings.filter((f) => {
+      const fast = f.detector === 'leak.public_report' ? this.fastActed.get(f.key_id) : undefined
+      if (!fast) return true
+      if (!fast.finding_id && !this.linkedFinding.has(fast.action_id)) {
+        this.linkedFinding.set(fast.action_id, f.finding_id)
+        linked.push({ ...fast, finding_id: f.finding_id })
+      }
+      // Failed: linked, and tried again (up to 3 attempts) when the finding fires again, not now a second time.
+      if (fast.status === 'failed') this.fastActed.delete(f.key_id)
+      else this.decided.add(f.finding_id)
+      return false
+    })
+    // Only the finding id changes: no new decision, so nothing to tell (audit, metrics) a second time.
+    if (linked.length) await this.save(linked, { quiet: true })
+    if (!findings.length) return { held: linked, toSend: [] }
     const previous = await this.deps.actions.forFindings(findings.map((f) => f.finding_id))
     const keys = await this.keyFacts(findings.map((f) => f.key_id))
     const paused = await this.isPaused()
     if (this.now() - this.windowReadAt > WINDOW_REFRESH_MS) await this.loadGuardRailWindow()
     const held: Action[] = []
     const toSend: Action[] = []
+    const approvals: Action[] = []
     for (const finding of findings) {
       const before = previous.filter((a) => a.finding_id === finding.finding_id)
       const retry = before.length > 0 && before.every((a) => a.status === 'failed') && before.length < MAX_AUTO_ATTEMPTS
@@ -168,15 +317,23 @@ export class ResponseEngine {
         status_detail: note,
         requested_at: new Date(this.now()),
       })
-      const hold = this.holdReason(key, paused)
+      const hold = this.holdReason(key, paused) ?? (rule.approve ? { status: 'awaiting_approval' as const, detail: `policy rule ${rule.name} asks a person to approve` } : undefined)
       if (!hold) {
         this.recentAuto.push({ account_id: key.account_id, at: this.now() })
         toSend.push(action)
         continue
       }
-      const heldAction: Action = { ...action, status: hold.status, status_detail: joinDetail(note, hold.detail) }
+      // A guard rail no longer dead-ends an action: it waits for a person to approve or reject it.
+      const status = hold.status === 'blocked' ? 'awaiting_approval' : hold.status
+      const heldAction: Action = {
+        ...action,
+        status,
+        status_detail: joinDetail(note, hold.detail),
+        expires_at: status === 'awaiting_approval' ? chTime(this.now() + this.deps.policy.approvals.expire_after_minutes * 60_000) : null,
+      }
       held.push(heldAction)
       if (hold.status === 'blocked') await this.raiseGuardRail(key, heldAction, hold.detail)
+      if (status === 'awaiting_approval') approvals.push(heldAction)
     }
     // Written before anything is sent: a crash in between still leaves the request on record, and the next decision
     // on the same finding sees it.
@@ -184,7 +341,8 @@ export class ResponseEngine {
     if (this.decided.size > 100_000) this.decided.clear() // a bound, not a correctness matter: the table is the truth
     for (const f of findings) this.decided.add(f.finding_id)
     for (const a of held) this.deps.log.warn({ action: a.action_id, key: a.key_prefix, account: a.account_id, status: a.status, detail: a.status_detail }, 'automatic action held')
-    return { held, toSend }
+    for (const a of approvals) await this.askApproval(a)
+    return { held: [...linked, ...held], toSend }
   }
 
   /**
@@ -194,9 +352,13 @@ export class ResponseEngine {
   private async loadGuardRailWindow(): Promise<void> {
     this.windowReadAt = this.now()
     const since = new Date(this.now() - HOUR_MS)
-    this.recentAuto = (await this.deps.actions.withStatus(COUNTED, since))
+    const stored = (await this.deps.actions.withStatus(COUNTED, since))
       .filter((a) => a.requested_by.startsWith('auto:'))
-      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z') }))
+      .map((a) => ({ account_id: a.account_id, at: Date.parse(a.requested_at.replace(' ', 'T') + 'Z'), action_id: a.action_id }))
+    // Actions decided in the last seconds may not be stored yet (the fast path writes while it sends): kept counted.
+    const storedIds = new Set(stored.map((a) => a.action_id))
+    const inFlight = this.recentAuto.filter((a) => a.action_id && !storedIds.has(a.action_id) && a.at > this.now() - 30_000)
+    this.recentAuto = [...stored, ...inFlight]
   }
 
   /** Why an automatic action must not go out, if it must not. */
@@ -231,6 +393,119 @@ export class ResponseEngine {
       ],
       new Date(this.now()),
     )
+  }
+
+  // ---- approvals: a person decides on a held automatic action ---------------------------------------------
+
+  /** The approval request is a critical finding of keywatch's own: alerted (Slack has Approve and Reject), linked. */
+  private async askApproval(action: Action, realert = false): Promise<void> {
+    this.approvalAlertedAt.set(action.action_id, this.now())
+    await this.deps.raise(
+      [
+        {
+          detector: 'response.approval_required',
+          severity: 'critical',
+          account_id: action.account_id,
+          key_id: action.key_id,
+          title: `Approve or reject: ${action.command} ${action.key_prefix} (${action.account_id})`,
+          evidence: { action_id: action.action_id, command: action.command, key_prefix: action.key_prefix, finding_id: action.finding_id, why_held: action.status_detail, expires_at: action.expires_at },
+          dedupKey: approvalDedupKey(action.action_id),
+        },
+      ],
+      new Date(this.now()),
+      { realert },
+    )
+  }
+
+  /**
+   * Approves or rejects an automatic action awaiting approval. Approved, it is sent at once (a person decided: the
+   * guard rails and the kill switch, which hold back automation, do not hold it back again); rejected or expired, it
+   * is never sent. Decided once: a second decision is refused (409).
+   */
+  async decideApproval(d: ApprovalDecision): Promise<Action> {
+    const decided = await this.serial(async () => {
+      if (!d.reason.trim()) throw new ResponseError(400, 'reason_required', `${d.decision === 'approve' ? 'approving' : 'rejecting'} an action needs a reason`)
+      const action = await this.deps.actions.get(d.actionId)
+      if (!action) throw new ResponseError(404, 'not_found', `no action ${d.actionId}`)
+      if (action.status !== 'awaiting_approval') throw new ResponseError(409, 'not_awaiting_approval', `action ${action.action_id} is ${action.status}, not awaiting approval`, action)
+      if (action.expires_at && msOf(action.expires_at) <= this.now()) {
+        const expired = await this.expire(action)
+        throw new ResponseError(409, 'expired', `action ${action.action_id} expired at ${action.expires_at} UTC without a decision`, expired)
+      }
+      const when = chTime(this.now())
+      const reason = d.reason.trim().slice(0, 500)
+      const base: Action = { ...action, decided_by: d.by, decided_at: when, decision_reason: reason }
+      if (d.decision === 'reject') {
+        const rejected: Action = { ...base, status: 'rejected', status_detail: joinDetail(action.status_detail, `rejected by ${d.by}: ${reason}`) }
+        await this.save([rejected])
+        return { action: rejected, send: false }
+      }
+      const key = (await this.keyFacts([action.key_id])).get(action.key_id)
+      if (!key || key.status === 'revoked' || key.status === 'expired') {
+        const skipped: Action = { ...base, status: 'skipped', status_detail: joinDetail(action.status_detail, `approved by ${d.by}, but the key is ${key?.status ?? 'unknown'}`) }
+        await this.save([skipped])
+        return { action: skipped, send: false }
+      }
+      const approved: Action = { ...base, status: 'requested', transport: this.deps.sender.transport, status_detail: joinDetail(action.status_detail, `approved by ${d.by}: ${reason}`) }
+      await this.save([approved])
+      return { action: approved, send: true }
+    })
+    this.approvalAlertedAt.delete(d.actionId)
+    await this.deps
+      .resolveFinding?.(approvalDedupKey(d.actionId), d.by, `${decided.action.status === 'rejected' ? 'rejected' : 'approved'}: ${d.reason.trim().slice(0, 200)}`)
+      .catch((err) => this.deps.log.error({ err: String(err) }, 'could not close the approval request'))
+    this.deps.log.warn({ action: d.actionId, decision: d.decision, by: d.by, status: decided.action.status }, 'approval decided')
+    return decided.send ? this.send(decided.action) : decided.action
+  }
+
+  /**
+   * Every minute: a pending approval nobody decided on is alerted again every `realert_minutes`, and expires after
+   * `expire_after_minutes` (status `expired`, alerted).
+   */
+  async checkApprovals(at = new Date(this.now())): Promise<{ realerted: Action[]; expired: Action[] }> {
+    const pending = await this.deps.actions.withStatus(['awaiting_approval'], new Date(at.getTime() - 30 * 24 * HOUR_MS))
+    const realerted: Action[] = []
+    const expired: Action[] = []
+    const every = this.deps.policy.approvals.realert_minutes * 60_000
+    for (const action of pending) {
+      if (action.expires_at && msOf(action.expires_at) <= at.getTime()) {
+        const done = await this.serial(async () => {
+          const current = await this.deps.actions.get(action.action_id)
+          return current?.status === 'awaiting_approval' ? this.expire(current) : undefined
+        })
+        if (done) expired.push(done)
+        continue
+      }
+      const last = this.approvalAlertedAt.get(action.action_id) ?? msOf(action.updated_at)
+      if (at.getTime() - last < every) continue
+      await this.askApproval(action, true)
+      this.approvalAlertedAt.set(action.action_id, at.getTime())
+      realerted.push(action)
+    }
+    return { realerted, expired }
+  }
+
+  private async expire(action: Action): Promise<Action> {
+    const expired: Action = { ...action, status: 'expired', status_detail: joinDetail(action.status_detail, `nobody approved or rejected it by ${action.expires_at} UTC`) }
+    await this.save([expired])
+    this.approvalAlertedAt.delete(action.action_id)
+    await this.deps.resolveFinding?.(approvalDedupKey(action.action_id), 'keywatch', 'the approval request expired').catch(() => undefined)
+    await this.deps.raise(
+      [
+        {
+          detector: 'response.approval_expired',
+          severity: 'high',
+          account_id: action.account_id,
+          key_id: action.key_id,
+          title: `Nobody approved the ${action.command} of ${action.key_prefix} in time: the key was not ${action.command === 'revoke' ? 'revoked' : 'reset'}`,
+          evidence: { action_id: action.action_id, key_prefix: action.key_prefix, finding_id: action.finding_id, expired_at: action.expires_at },
+          dedupKey: `response.approval_expired:${action.action_id}`,
+        },
+      ],
+      new Date(this.now()),
+    )
+    this.deps.log.error({ action: action.action_id, key: action.key_prefix, account: action.account_id }, 'approval expired')
+    return expired
   }
 
   // ---- manual: a person asks ------------------------------------------------------------------------------
@@ -407,11 +682,16 @@ export class ResponseEngine {
       format: 'JSONEachRow',
       values: [{ name: 'paused', value: JSON.stringify({ paused, reason: reason.trim().slice(0, 500) }), changed_by: actor, changed_at: chTime(this.now()), version: this.now() * 1000 + 1 }],
     })
+    this.pausedCache = { paused, at: this.now() }
     this.deps.log.warn({ paused, actor, reason }, paused ? 'automatic response paused (kill switch on)' : 'automatic response resumed')
   }
 
-  /** Read at every decision, so a pause by any instance (or the CLI) applies at once. */
+  /**
+   * Read at most every few seconds (like the guard-rail window): a pause through this instance applies at once, one
+   * through another instance within WINDOW_REFRESH_MS.
+   */
   async isPaused(): Promise<boolean> {
+    if (this.pausedCache && this.now() - this.pausedCache.at < WINDOW_REFRESH_MS) return this.pausedCache.paused
     return (await this.state()).paused
   }
 
@@ -421,6 +701,7 @@ export class ResponseEngine {
       `SELECT value, changed_by, toString(changed_at) AS changed_at FROM response_state FINAL WHERE name = 'paused'`,
     )
     const value = row ? (JSON.parse(row.value) as { paused: boolean; reason: string }) : { paused: false, reason: '' }
+    this.pausedCache = { paused: value.paused, at: this.now() }
     await this.loadGuardRailWindow()
     const since = this.now() - HOUR_MS
     return {
@@ -447,9 +728,12 @@ export class ResponseEngine {
     return new Map(rows.map((r) => [r.key_id, { ...r, auto_generated: Boolean(r.auto_generated) }]))
   }
 
-  private async save(actions: Action[]): Promise<void> {
-    if (!actions.length) return
+  private async save(written: Action[], opts: { quiet?: boolean } = {}): Promise<void> {
+    if (!written.length) return
+    const actions = written.map((a) => (a.finding_id ? a : { ...a, finding_id: this.linkedFinding.get(a.action_id) ?? '' }))
+    for (const a of actions) if (this.fastActed.get(a.key_id)?.action_id === a.action_id) this.fastActed.set(a.key_id, a)
     await this.deps.actions.write(actions)
+    if (opts.quiet) return
     for (const action of actions) {
       for (const l of this.listeners) {
         try {
@@ -480,6 +764,10 @@ function commandOf(a: Action) {
 
 function joinDetail(...parts: string[]): string {
   return parts.filter(Boolean).join('; ')
+}
+
+export function approvalDedupKey(actionId: string): string {
+  return `response.approval_required:${actionId}`
 }
 
 function msOf(chDateTime: string): number {

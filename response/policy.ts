@@ -16,12 +16,19 @@ const ruleSchema = z.strictObject({
   modes: z.array(z.enum(['live', 'test'])).default([]),
   /** revoke (an auto-generated key, which cannot be revoked, is reset instead), reset, or alert only. */
   action: z.enum(['revoke', 'reset', 'alert']),
+  /** Ask a person (responder or admin) to approve the action before it goes out: two-person control. */
+  approve: z.boolean().default(false),
 })
 
 export const policySchema = z.strictObject({
   /** enforce: act; dry_run: decide and record, send nothing; off: decide nothing (the kill switch can also pause at runtime). */
   mode: z.enum(['enforce', 'dry_run', 'off']).default('enforce'),
-  rules: z.array(ruleSchema).default([{ name: 'revoke-leaked-keys', detectors: ['leak.public_report'], severities: [], key_kinds: [], modes: [], action: 'revoke' }]),
+  // Secret and restricted keys found in public are revoked (reset when auto-generated); a publishable key is public
+  // by design: revoking it breaks the merchant's checkout, so it is alert only.
+  rules: z.array(ruleSchema).default([
+    { name: 'revoke-leaked-keys', detectors: ['leak.public_report'], severities: [], key_kinds: ['secret', 'restricted'], modes: [], action: 'revoke', approve: false },
+    { name: 'alert-leaked-publishable-keys', detectors: ['leak.public_report'], severities: [], key_kinds: ['publishable'], modes: [], action: 'alert', approve: false },
+  ]),
   guard_rails: z.strictObject({
     /** Automatic revocations and resets per account per rolling hour; past that keywatch stops acting there. */
     max_per_account_per_hour: z.number().int().nonnegative().default(3),
@@ -32,6 +39,14 @@ export const policySchema = z.strictObject({
     /** A manual revoke of a key used this recently is refused unless marked as an incident or forced. */
     recent_use_minutes: z.number().int().nonnegative().default(15),
   }).prefault({}),
+  approvals: z.strictObject({
+    /** A pending approval is alerted again this often until someone decides. */
+    realert_minutes: z.number().int().positive().default(15),
+    /** A pending approval nobody decided on expires (status `expired`, alerted) after this long. */
+    expire_after_minutes: z.number().int().positive().default(240),
+  }).prefault({}),
+  /** The exposure report looks back this far before the first leak report when nothing earlier says when exposure began. */
+  exposure_lookback_days: z.number().int().positive().default(30),
   /** Platform caches may accept a revoked key for up to 5 minutes; an accepted request later than this proves the revocation did not bite. */
   cache_grace_seconds: z.number().int().nonnegative().default(300),
 })

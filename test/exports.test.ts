@@ -9,10 +9,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
 import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
-import { ago, auth, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
+import { ago, auth, leak, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import { exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
 import { exportPeriod } from '../exports/schedule.ts'
 import { bearer, openTestRuntime, runCli, tempDir } from './helpers.ts'
+import { waitFor } from './kafka/admin.ts'
 
 let rt: Runtime
 let api: FastifyInstance
@@ -48,7 +49,7 @@ afterAll(async () => {
   await rt?.close()
 })
 
-const exportTo = (file: string, dataset: 'security-log' | 'key-usage', format: 'csv' | 'ndjson' | 'parquet', filter: Record<string, string> = {}) =>
+const exportTo = (file: string, dataset: 'security-log' | 'key-usage' | 'findings' | 'actions', format: 'csv' | 'ndjson' | 'parquet', filter: Record<string, string> = {}) =>
   exportToFile(rt.storage, { dataset, format, filter: { from, to, ...filter }, actor: 'cli:tester' }, join(out, file), rt.exportSigningKey(), rt.version)
 
 describe('the security log', () => {
@@ -187,8 +188,8 @@ describe('scheduled exports', () => {
     const options = { storage: rt.storage, dir, format: 'ndjson' as const, signingKey: rt.exportSigningKey, version: rt.version, log: rt.log }
     const daily = await exportPeriod(options, 'daily', new Date(Date.now() + 86_400_000))
     const today = new Date().toISOString().slice(0, 10)
-    expect(daily.map((m) => m.file)).toEqual([`security-log-${today}.ndjson`, `key-usage-${today}.ndjson`, `incidents-${today}.ndjson`])
-    expect(daily.map((m) => m.generated_by)).toEqual(['keywatch', 'keywatch', 'keywatch'])
+    expect(daily.map((m) => m.file)).toEqual([`security-log-${today}.ndjson`, `key-usage-${today}.ndjson`, `findings-${today}.ndjson`, `actions-${today}.ndjson`, `incidents-${today}.ndjson`])
+    expect(daily.map((m) => m.generated_by)).toEqual(['keywatch', 'keywatch', 'keywatch', 'keywatch', 'keywatch'])
     const [day] = await queryRows<{ n: number }>(rt.storage.client, `SELECT count() AS n FROM key_usage WHERE toDate(occurred_at) = toDate({d:String})`, { d: today })
     expect(daily[1]!.rows).toBe(Number(day!.n))
     for (const m of daily) expect(await verifyExport(join(dir, 'daily', m.file), join(dir, 'daily', `${m.file}.manifest.json`))).toMatchObject({ ok: true })
@@ -204,9 +205,11 @@ describe('GET /v1/exports', () => {
     const res = await api.inject({ method: 'GET', url: `/v1/exports/security-log?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&format=ndjson`, headers: auditor })
     expect(res.statusCode).toBe(200)
     const id = res.headers['x-keywatch-export-id'] as string
-    expect(res.headers['repr-digest']).toBe(`sha-256=:${createHash('sha256').update(res.rawPayload).digest('base64')}:`)
+    // Streamed while the engine writes: the digest and the row count come as trailers, and in the manifest.
+    expect(res.trailers['repr-digest']).toBe(`sha-256=:${createHash('sha256').update(res.rawPayload).digest('base64')}:`)
     const manifest = (await api.inject({ method: 'GET', url: `/v1/exports/${id}/manifest`, headers: auditor })).json() as Manifest
-    expect(manifest).toMatchObject({ export_id: id, rows: Number(res.headers['x-keywatch-rows']), generated_by: 'token:external-auditor' })
+    expect(manifest).toMatchObject({ export_id: id, rows: Number(res.trailers['x-keywatch-rows']), generated_by: 'token:external-auditor' })
+    expect(manifest.sha256).toBe(createHash('sha256').update(res.rawPayload).digest('hex'))
     writeFileSync(join(out, 'api.ndjson'), res.rawPayload)
     writeFileSync(join(out, 'api.manifest.json'), JSON.stringify(manifest))
     const key = (await api.inject({ method: 'GET', url: '/v1/exports/signing-key', headers: auditor })).json() as { public_key: string }
@@ -215,5 +218,54 @@ describe('GET /v1/exports', () => {
     expect(reads.map((r) => [r.actor.split('-')[0], r.outcome])).toEqual([['token:auditor', 'refused'], ['token:viewer', 'denied'], ['token:external', 'ok']])
     const read = reads[2]
     expect(JSON.parse(read!.detail)).toMatchObject({ export_id: id, dataset: 'security-log', sha256: manifest.sha256 })
+  })
+})
+
+// Runs last: it adds rows (a leak report, keywatch's action on it) that the exact lists above do not expect.
+describe('what keywatch did, for an auditor of one account', () => {
+  const leaked = { account_id: 'acct_Export003', key_id: 'key_Export003', key_prefix: 'sk_live_Exp3' }
+  const LEAKED_SECRET = 'sk_live_Exp3_the_whole_leaked_secret'
+
+  it("puts keywatch's actions on the account's keys and its leak reports in the security log, and exports findings with their history and actions", async () => {
+    await rt.startServices() // the response engine acts on the leak
+    const events = [lifecycle(leaked, 'created', ago(now, { hours: 7 }), { secret_sha256: sha256(LEAKED_SECRET) }), leak(leaked.account_id, ago(now, { minutes: 2 }), LEAKED_SECRET)]
+    const { rejections } = await rt.pipeline.ingest(events.map((e) => ({ raw: Buffer.from(JSON.stringify(e)), origin: { source: 'file' as const } })))
+    expect(rejections).toEqual([])
+    // No key service here: keywatch's revoke fails, and says so in its own audit trail.
+    await waitFor("keywatch's audit record of its revoke", async () =>
+      (await queryRows<{ n: number }>(rt.storage.client, "SELECT count() AS n FROM audit_trail WHERE actor = 'keywatch' AND action = 'key.revoke' AND target = {k:String}", { k: leaked.key_id }))[0]!.n > 0,
+    20_000)
+    const finding = await waitFor('the leak finding', async () => (await rt.findings.list({ detector: 'leak.public_report', key_id: leaked.key_id }))[0], 20_000)
+    await rt.findings.setStatus(finding!.finding_id, 'acknowledged', 'token:ops', 'looking at it')
+
+    const end = new Date(Date.now() + 60_000).toISOString()
+    const m = await exportTo('acct3.ndjson', 'security-log', 'ndjson', { account: leaked.account_id, to: end })
+    const rows = readFileSync(join(out, 'acct3.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
+    expect(m.rows).toBe(rows.length)
+    expect(rows.every((r) => r.account_id === leaked.account_id)).toBe(true)
+    expect(rows.map((r) => `${r.source}:${r.action}`)).toEqual(['key_lifecycle:created', 'leak_report:leak.reported', 'keywatch:key.revoke'])
+    expect(rows[1]).toMatchObject({ actor: 'github', key_prefix: 'sk_live_Exp3' })
+    expect(rows[2]).toMatchObject({ actor: 'keywatch', target: leaked.key_id, key_prefix: 'sk_live_Exp3', outcome: 'failed' })
+    const text = readFileSync(join(out, 'acct3.ndjson'), 'utf8')
+    expect(text).not.toContain(LEAKED_SECRET)
+    expect(text).not.toContain(sha256(LEAKED_SECRET)) // at most the hash's first 12 characters
+
+    const f = await exportTo('acct3-findings.ndjson', 'findings', 'ndjson', { account: leaked.account_id, to: end })
+    const findings = readFileSync(join(out, 'acct3-findings.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
+    expect(f.rows).toBe(findings.length)
+    const exported = findings.find((x) => x.finding_id === finding!.finding_id)!
+    expect(exported).toMatchObject({ detector: 'leak.public_report', status: 'acknowledged', status_changed_by: 'token:ops' })
+    const history = JSON.parse(exported.status_history!) as string[][]
+    expect(history.map((h) => [h[1], h[2], h[3]])).toContainEqual(['open', 'acknowledged', 'token:ops'])
+
+    const a = await exportTo('acct3-actions.csv', 'actions', 'csv', { account: leaked.account_id, to: end })
+    const lines = readFileSync(join(out, 'acct3-actions.csv'), 'utf8').trim().split('\n')
+    expect(a.rows).toBe(1)
+    expect(lines[0]).toMatch(/^"requested_at","action_id","command_id","command","account_id"/)
+    expect(lines[1]).toContain('"auto:leak.public_report"')
+    expect(lines[1]).toContain(`"${leaked.key_id}"`)
+    expect(await verifyExport(join(out, 'acct3-actions.csv'), join(out, 'acct3-actions.csv.manifest.json'))).toMatchObject({ ok: true })
+    const refused = await api.inject({ method: 'GET', url: `/v1/exports/actions?from=${from}&to=${to}&actor=keywatch`, headers: await bearer(rt, 'auditor') })
+    expect(refused.statusCode).toBe(400)
   })
 })

@@ -92,11 +92,14 @@ describe('automatic response to a leaked key', () => {
     const reported = await api.inject({ method: 'POST', url: '/v1/leaks', headers: { 'content-type': 'application/json', ...ingester }, payload: leak(key.account_id, new Date().toISOString(), key.secret) })
     expect(reported.statusCode).toBe(202)
 
-    const action = await settledAction(key)
+    // Decided as the report arrived, sent while the action was written; linked to its finding once that is recorded.
+    const action = await waitFor('the confirmed action linked to its finding', async () => (await actionsFor(key)).find((a) => a.status === 'confirmed' && a.finding_id), 20_000)
+    const [finding] = await rt.findings.list({ detector: 'leak.public_report', key_id: key.key_id })
+    expect(action.finding_id).toBe(finding!.finding_id)
     const calls = callsFor(key)
     expect(calls.map((c) => [c.command, c.status, c.signature_ok])).toEqual([['revoke', 200, true]])
     expect(calls[0]!.idempotency_key).toBe(action.command_id)
-    expect(calls[0]!.body).toMatchObject({ command_id: action.command_id, finding_id: action.finding_id, requested_by: 'auto:leak.public_report' })
+    expect(calls[0]!.body).toMatchObject({ command_id: action.command_id, requested_by: 'auto:leak.public_report' })
     expect(action).toMatchObject({ command: 'revoke', requested_by: 'auto:leak.public_report', policy: 'revoke-leaked-keys', transport: 'http', confirmed_by: 'http' })
     expect(action.confirmed_at).not.toBeNull()
     expect(service.keys.get(key.key_id)!.state).toBe('revoked')
@@ -130,7 +133,8 @@ describe('automatic response to a leaked key', () => {
       return all.length === 5 && all.every((a) => a.status !== 'requested') && all
     }, 20_000)
     expect(actions.filter((a) => a.status === 'confirmed')).toHaveLength(3)
-    const blocked = actions.filter((a) => a.status === 'blocked')
+    // Held for a person to approve (test/response-approvals.test.ts), not dead-ended.
+    const blocked = actions.filter((a) => a.status === 'awaiting_approval')
     expect(blocked).toHaveLength(2)
     expect(blocked[0]!.status_detail).toContain('3 automatic actions in acct_Guard0001 in the last hour (limit 3)')
     // Only three reached the key service; the two blocked keys are still active there.

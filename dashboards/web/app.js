@@ -185,28 +185,31 @@ async function keyPage(id) {
   const usageWindow = windowOf(2 * 86400000, 3600)
   const [detail, exposure, keyIncidents] = await Promise.all([
     api(`/v1/keys/${id}?interval=hour&from=${new Date(usageWindow.from * 1000).toISOString()}`),
-    api(`/v1/keys/${id}/exposure?from=${new Date(Date.now() - 30 * 86400000).toISOString()}`),
+    api(`/v1/keys/${id}/exposure`),
     api(`/v1/incidents?key=${id}&limit=50`),
   ])
   const k = detail.key
   main.innerHTML = `<h1>${esc(k.key_prefix)} <span class="muted">${esc(k.key_id)}</span></h1>
   <div class="tiles">
     <div class="tile"><div class="n">${esc(k.status)}</div><div class="l">${esc(k.mode)} ${esc(k.key_kind)} key of ${esc(k.account_id)}</div></div>
-    <div class="tile"><div class="n" data-testid="key-requests">${num(exposure.totals.requests)}</div><div class="l">requests in 30 days (${num(exposure.totals.accepted)} accepted)</div></div>
+    <div class="tile"><div class="n" data-testid="key-requests">${num(exposure.totals.requests)}</div><div class="l">requests in the exposure window (${num(exposure.totals.accepted)} accepted)</div></div>
     <div class="tile"><div class="n">${esc(k.last_used_at?.slice(0, 16) ?? 'never')}</div><div class="l">last used</div></div>
     <div class="tile"><div class="n">${esc(k.rotation_due_at?.slice(0, 10) ?? '—')}</div><div class="l">rotation due</div></div>
   </div>
   ${can('respond') && k.status !== 'revoked' ? `<p><button id="revoke" class="primary">Revoke…</button></p>` : ''}
   <div class="card" id="usage-chart"></div>
   <div class="grid2">
-    <div class="card"><h2>IPs (30 days)</h2><table><tr><th>IP</th><th>Country</th><th>ASN</th><th>Requests</th><th>Accepted</th></tr>${exposure.ips.slice(0, 20).map((i) => `<tr><td>${esc(i.ip)}</td><td>${esc(i.country)}</td><td>${esc(i.asn)}</td><td>${num(i.requests)}</td><td>${num(i.accepted)}</td></tr>`).join('')}</table></div>
-    <div class="card"><h2>Countries (30 days)</h2><table><tr><th>Country</th><th>Requests</th><th>Accepted</th></tr>${exposure.countries.map((c) => `<tr><td>${esc(c.country || '—')}</td><td>${num(c.requests)}</td><td>${num(c.accepted)}</td></tr>`).join('')}</table></div>
+    <div class="card"><h2>IPs (exposure window)</h2><table><tr><th>IP</th><th>Country</th><th>ASN</th><th>Requests</th><th>Accepted</th></tr>${exposure.ips.slice(0, 20).map((i) => `<tr><td>${esc(i.ip)}</td><td>${esc(i.country)}</td><td>${esc(i.asn)}</td><td>${num(i.requests)}</td><td>${num(i.accepted)}</td></tr>`).join('')}</table></div>
+    <div class="card"><h2>Countries (exposure window)</h2><table><tr><th>Country</th><th>Requests</th><th>Accepted</th></tr>${exposure.countries.map((c) => `<tr><td>${esc(c.country || '—')}</td><td>${num(c.requests)}</td><td>${num(c.accepted)}</td></tr>`).join('')}</table></div>
   </div>
   <div class="card"><h2>Lifecycle</h2><table><tr><th>When</th><th>What</th><th>Who</th><th></th></tr>${detail.lifecycle.map((l) => `<tr><td>${esc(l.at)}</td><td>${esc(l.action)}</td><td>${esc(l.actor_type)}:${esc(l.actor_id ?? '')}</td><td>${esc(l.reason ?? l.replacement_key_id ?? '')}</td></tr>`).join('')}</table></div>
   <div class="card" id="key-incidents"><h2>Incidents</h2>${incidentTable(keyIncidents.incidents)}</div>
   <div class="card"><h2>Findings</h2><table><tr><th>Severity</th><th>Detector</th><th>Title</th><th>Status</th><th>Last seen</th></tr>${detail.findings.map((f) => `<tr><td>${sev(f.severity)}</td><td>${esc(f.detector)}</td><td>${esc(f.title)}</td><td>${esc(f.status)}</td><td>${esc(f.last_seen_at)}</td></tr>`).join('') || '<tr><td colspan="5" class="muted">none</td></tr>'}</table></div>
   <div class="card"><h2>Actions</h2><table><tr><th>Requested</th><th>Command</th><th>Status</th><th>By</th><th>Detail</th></tr>${detail.actions.map((a) => `<tr><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td>${esc(a.status)}</td><td>${esc(a.requested_by)}</td><td>${esc(a.status_detail)}</td></tr>`).join('') || '<tr><td colspan="5" class="muted">none</td></tr>'}</table></div>
-  <div class="card"><h2>Exposure (30 days)</h2><p>Money moved: ${exposure.money.map((m) => `${(m.amount_minor / 100).toFixed(2)} ${esc(m.currency)}`).join(', ') || 'none'} · writes ${num(exposure.totals.write_requests)} · after the window ${num(exposure.after_window.requests)}</p></div>`
+  <div class="card" id="exposure"><h2>Exposure report</h2><p class="muted">${esc(exposure.window.from)} → ${esc(exposure.window.to)} (${esc(exposure.window.basis)}) · <a href="#" id="exposure-csv">download CSV</a></p>
+  <p>Money moved: ${exposure.money.map((m) => `${(m.amount_minor / 100).toFixed(2)} ${esc(m.currency)}`).join(', ') || 'none'} · writes ${num(exposure.totals.write_requests)} · after the window ${num(exposure.after_window.requests)}</p>
+  <table><tr><th>Time</th><th>Request</th><th>Endpoint</th><th>Status</th><th>Amount</th><th>IP</th><th>ASN</th><th>Country</th></tr>${exposure.transactions.slice(0, 200).map((t) => `<tr data-testid="exposure-transaction"><td>${esc(t.occurred_at)}</td><td>${esc(t.request_id)}</td><td>${esc(t.method)} ${esc(t.endpoint)}</td><td>${esc(t.status)}</td><td>${(t.amount_minor / 100).toFixed(2)} ${esc(t.currency)}</td><td>${esc(t.ip)}</td><td>${esc(t.asn)}</td><td>${esc(t.country)}</td></tr>`).join('') || '<tr><td colspan="8" class="muted">no money-moving requests in the window</td></tr>'}</table>
+  ${exposure.transactions.length > 200 ? `<p class="muted">${num(exposure.transactions.length - 200)} more in the CSV</p>` : ''}</div>`
   const series = detail.usage.series
   if (series.length) {
     chart(document.getElementById('usage-chart'), 'Requests per hour by outcome', series.map((p) => seconds(p.t)), [
@@ -215,6 +218,15 @@ async function keyPage(id) {
       { label: '429', values: series.map((p) => Number(p.rate_limited)) },
     ], { window: usageWindow })
   } else document.getElementById('usage-chart').innerHTML = '<p class="muted">No requests in the last 2 days.</p>'
+  document.getElementById('exposure-csv').addEventListener('click', async (e) => {
+    e.preventDefault()
+    // Fetched with the token (a plain link would carry none), then handed to the browser as a file.
+    const response = await fetch(`/v1/keys/${id}/exposure?format=csv`, { headers: { authorization: `Bearer ${sessionStorage.getItem('keywatch.token')}` } })
+    const url = URL.createObjectURL(await response.blob())
+    const a = Object.assign(document.createElement('a'), { href: url, download: `exposure-${id}.csv` })
+    a.click()
+    URL.revokeObjectURL(url)
+  })
   document.getElementById('revoke')?.addEventListener('click', async () => {
     const reason = prompt(`Revoke ${k.key_prefix}? Say why:`)
     if (!reason) return
@@ -323,9 +335,25 @@ async function findings(query = '') {
 
 async function actions() {
   const list = await api('/v1/actions?limit=500')
-  main.innerHTML = `<h1>Actions</h1><p class="muted"><span data-testid="actions-count">${num(list.actions.length)}</span> actions</p>
-  <div class="card"><table><thead><tr><th>Requested</th><th>Command</th><th>Key</th><th>Account</th><th>Status</th><th>By</th><th>Confirmed</th><th>Detail</th></tr></thead><tbody>
-  ${list.actions.map((a) => `<tr data-testid="action-row"><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td><a href="#/keys/${esc(a.key_id)}">${esc(a.key_prefix)}</a></td><td>${esc(a.account_id)}</td><td>${esc(a.status)}</td><td>${esc(a.requested_by)}</td><td>${esc(a.confirmed_at ?? '—')} ${esc(a.confirmed_by)}</td><td>${esc(a.status_detail)}</td></tr>`).join('')}</tbody></table></div>`
+  const waiting = list.actions.filter((a) => a.status === 'awaiting_approval')
+  main.innerHTML = `<h1>Actions</h1><p class="muted"><span data-testid="actions-count">${num(list.actions.length)}</span> actions, <span data-testid="awaiting-count">${num(waiting.length)}</span> awaiting approval</p>
+  <div class="card"><table><thead><tr><th>Requested</th><th>Command</th><th>Key</th><th>Account</th><th>Status</th><th>By</th><th>Confirmed</th><th>Detail</th><th></th></tr></thead><tbody>
+  ${list.actions.map((a) => `<tr data-testid="action-row" data-action="${esc(a.action_id)}"><td>${esc(a.requested_at)}</td><td>${esc(a.command)}</td><td><a href="#/keys/${esc(a.key_id)}">${esc(a.key_prefix)}</a></td><td>${esc(a.account_id)}</td><td data-testid="action-status">${esc(a.status)}${a.status === 'awaiting_approval' && a.expires_at ? `<br><span class="muted">until ${esc(a.expires_at.slice(0, 16))}</span>` : ''}${a.decided_by ? `<br><span class="muted">by ${esc(a.decided_by)}</span>` : ''}</td><td>${esc(a.requested_by)}</td><td>${esc(a.confirmed_at ?? '—')} ${esc(a.confirmed_by)}</td><td>${esc(a.status_detail)}</td>
+  <td>${can('respond') && a.status === 'awaiting_approval' ? `<button class="primary" data-approve="${esc(a.action_id)}">Approve…</button> <button data-reject="${esc(a.action_id)}">Reject…</button>` : ''}</td></tr>`).join('')}</tbody></table></div>`
+  for (const [attr, decision] of [['approve', 'approve'], ['reject', 'reject']]) {
+    for (const b of main.querySelectorAll(`[data-${attr}]`)) {
+      b.addEventListener('click', async () => {
+        const reason = prompt(decision === 'approve' ? 'Approve: the command is sent at once. Say why:' : 'Reject: the key stays as it is. Say why:')
+        if (!reason) return
+        try {
+          await api(`/v1/actions/${b.dataset[attr]}/${decision}`, { method: 'POST', body: JSON.stringify({ reason }) })
+        } catch (err) {
+          alert(err.message)
+        }
+        await route()
+      })
+    }
+  }
 }
 
 async function alerts() {
