@@ -11,6 +11,7 @@ import type { Fixtures } from './detector.ts'
 import { DetectionEngine } from './engine.ts'
 import { FindingStore } from './findings.ts'
 import * as abuse from './fixtures/abuse.ts'
+import * as behaviour from './fixtures/behaviour.ts'
 import * as keys from './fixtures/keys.ts'
 import * as leak from './fixtures/leak.ts'
 
@@ -28,6 +29,18 @@ const FIXTURES: Record<string, Fixtures> = {
   'key.rotation_due_soon': keys.rotationDueSoon,
   'key.rotation_stalled': keys.rotationStalled,
   'key.expiring_in_use': keys.expiringInUse,
+  'key.new_network': behaviour.newNetwork,
+  'key.dormant_reactivated': behaviour.dormantReactivated,
+  'key.scope_probe': behaviour.scopeProbe,
+  'key.money_spike': behaviour.moneySpike,
+  'auth.account_takeover': behaviour.accountTakeover,
+  'auth.password_spray': behaviour.passwordSpray,
+  'key.orphaned': behaviour.orphaned,
+  'key.env_reuse': behaviour.envReuse,
+  'key.used_after_expiry': behaviour.usedAfterExpiry,
+  'key.rotation_grace_too_long': behaviour.rotationGraceTooLong,
+  'key.overprivileged': behaviour.overprivileged,
+  'key.sensitive_change_without_step_up': behaviour.sensitiveChangeWithoutStepUp,
 }
 
 let storage: Storage
