@@ -95,7 +95,7 @@ export class DemoPlatform {
       for (const d of [3, 9, 16, 24]) events.push(auth(account_id, 'login.succeeded', ago(now, { days: d, hours: a % 10 }), { user_id: `usr_Demo${a}`, actor_email: `owner${a}@merchant${a}.example`, country: 'PH' }))
     }
     await this.ingest(events)
-    this.log.info({ accounts: this.accounts, keys: this.keys.length, events: events.length }, 'demo platform: accounts, keys and two days of history')
+    this.log.info({ accounts: this.accounts, keys: this.keys.length, events: events.length }, 'demo platform: accounts, keys and three weeks of history')
   }
 
   /** Steady traffic every second; the first incident after 15 s, then one a minute. */
