@@ -23,11 +23,21 @@ export default defineDetector({
   params: { lookback_seconds: 7_200, baseline_days: 30, window_seconds: 3_600, min_failures: 5 },
   query: `
     WITH {at:DateTime64(3, 'UTC')} AS at_, at_ - toIntervalSecond({lookback_seconds:UInt32}) AS since,
+    -- Candidates from the rollup alone: users who logged in since since's day from a country not in their 30 days.
+    candidates AS (
+        SELECT DISTINCT account_id, user_id AS uid
+        FROM user_logins_daily
+        WHERE day >= toDate(since) AND day <= toDate(at_) AND logins > 0 AND country != ''
+          AND (account_id, user_id, country) NOT IN (
+              SELECT account_id, user_id, country FROM user_logins_daily
+              WHERE day >= toDate(since) - toIntervalDay({baseline_days:UInt32}) AND day < toDate(since) AND logins > 0)
+    ),
+    -- Their recent events only: the account filter lets the engine skip the other accounts' parts of the table.
     ev AS (
         SELECT account_id, assumeNotNull(user_id) AS uid, action, occurred_at, ifNull(country, '') AS c, ip, key_id
         FROM auth_events
-        WHERE occurred_at >= least(toStartOfDay(since), since - toIntervalSecond({window_seconds:UInt32})) AND occurred_at <= at_
-          AND user_id IS NOT NULL
+        WHERE account_id IN (SELECT account_id FROM candidates) AND (account_id, user_id) IN (SELECT account_id, uid FROM candidates)
+          AND occurred_at >= least(toStartOfDay(since), since - toIntervalSecond({window_seconds:UInt32})) AND occurred_at <= at_
     ),
     logins AS (
         SELECT account_id, uid, c AS country, min(occurred_at) AS login_at, argMin(ip, occurred_at) AS ip
@@ -54,7 +64,7 @@ export default defineDetector({
            OR (action = 'apikey.revealed' AND key_id IN (SELECT key_id FROM live_keys))
         UNION ALL
         SELECT account_id, assumeNotNull(actor_id) AS uid, occurred_at, concat('key.', action) AS what FROM key_lifecycle
-        WHERE actor_type = 'user' AND actor_id IS NOT NULL AND action IN ('created', 'rotated', 'rolled_back', 'revoked', 'reset')
+        WHERE (account_id, actor_id) IN (SELECT account_id, uid FROM candidates) AND actor_type = 'user' AND actor_id IS NOT NULL AND action IN ('created', 'rotated', 'rolled_back', 'revoked', 'reset')
           AND occurred_at > since AND occurred_at <= at_
     )
     SELECT l.account_id AS account_id, l.uid AS user_id, l.country AS country, l.ip AS ip, toString(l.login_at) AS login_at,
