@@ -24,19 +24,19 @@ export default defineDetector({
   query: `
     WITH {at:DateTime64(3, 'UTC')} AS at_, at_ - toIntervalSecond({lookback_seconds:UInt32}) AS since,
     -- Candidates from the rollup alone: users who logged in since since's day from a country not in their 30 days.
+    -- (One pass: a country whose first login day in the 30 days is since's day or later.)
     candidates AS (
-        SELECT DISTINCT account_id, user_id AS uid
+        SELECT account_id, user_id AS uid
         FROM user_logins_daily
-        WHERE day >= toDate(since) AND day <= toDate(at_) AND logins > 0 AND country != ''
-          AND (account_id, user_id, country) NOT IN (
-              SELECT account_id, user_id, country FROM user_logins_daily
-              WHERE day >= toDate(since) - toIntervalDay({baseline_days:UInt32}) AND day < toDate(since) AND logins > 0)
+        WHERE day >= toDate(since) - toIntervalDay({baseline_days:UInt32}) AND day <= toDate(at_) AND logins > 0 AND country != ''
+        GROUP BY account_id, user_id, country
+        HAVING min(day) >= toDate(since)
     ),
     -- Their recent events only: the account filter lets the engine skip the other accounts' parts of the table.
     ev AS (
         SELECT account_id, assumeNotNull(user_id) AS uid, action, occurred_at, ifNull(country, '') AS c, ip, key_id
         FROM auth_events
-        WHERE account_id IN (SELECT account_id FROM candidates) AND (account_id, user_id) IN (SELECT account_id, uid FROM candidates)
+        WHERE account_id IN (SELECT account_id FROM candidates) AND user_id IS NOT NULL
           AND occurred_at >= least(toStartOfDay(since), since - toIntervalSecond({window_seconds:UInt32})) AND occurred_at <= at_
     ),
     logins AS (
@@ -55,16 +55,17 @@ export default defineDetector({
     live_keys AS (SELECT DISTINCT key_id FROM key_lifecycle WHERE mode = 'live' AND occurred_at <= at_),
     -- What the user did around the login: failures before it, sensitive actions after it, earlier logins.
     marks AS (
-        SELECT account_id, uid, occurred_at, 'failure' AS what FROM ev WHERE action IN ('login.failed', 'mfa.failed')
-        UNION ALL
-        SELECT account_id, uid, occurred_at, concat('login:', c) AS what FROM ev WHERE action = 'login.succeeded'
-        UNION ALL
-        SELECT account_id, uid, occurred_at, action AS what FROM ev
-        WHERE action IN ('password.changed', 'member.invited', 'member.removed', 'member.role_changed')
-           OR (action = 'apikey.revealed' AND key_id IN (SELECT key_id FROM live_keys))
+        SELECT account_id, uid, occurred_at,
+               multiIf(action IN ('login.failed', 'mfa.failed'), 'failure',
+                       action = 'login.succeeded', concat('login:', c),
+                       action IN ('password.changed', 'member.invited', 'member.removed', 'member.role_changed'), action,
+                       action = 'apikey.revealed' AND key_id IN (SELECT key_id FROM live_keys), action,
+                       '') AS what
+        FROM ev
+        WHERE what != ''
         UNION ALL
         SELECT account_id, assumeNotNull(actor_id) AS uid, occurred_at, concat('key.', action) AS what FROM key_lifecycle
-        WHERE (account_id, actor_id) IN (SELECT account_id, uid FROM candidates) AND actor_type = 'user' AND actor_id IS NOT NULL AND action IN ('created', 'rotated', 'rolled_back', 'revoked', 'reset')
+        WHERE account_id IN (SELECT account_id FROM candidates) AND actor_type = 'user' AND actor_id IS NOT NULL AND action IN ('created', 'rotated', 'rolled_back', 'revoked', 'reset')
           AND occurred_at > since AND occurred_at <= at_
     )
     SELECT l.account_id AS account_id, l.uid AS user_id, l.country AS country, l.ip AS ip, toString(l.login_at) AS login_at,
