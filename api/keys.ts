@@ -1,4 +1,4 @@
-// The key inventory (status, kind, mode, last used, age, rotation due, expiry; filters for stale, overdue and due
+// The key inventory (status, kind, mode, scopes, last used, age, rotation due, expiry, grace deadline; filters for stale, overdue and due
 // soon keys, with the same definitions as the key.stale and key.rotation_* detectors) and a key's page of detail.
 import type { FastifyInstance } from 'fastify'
 import type { ZodTypeProvider } from 'fastify-type-provider-zod'
@@ -18,6 +18,7 @@ const INVENTORY = `
 SELECT i.account_id AS account_id, i.key_id AS key_id, i.key_prefix AS key_prefix, i.key_kind AS key_kind, i.mode AS mode,
        i.label AS label, i.status AS status, i.auto_generated AS auto_generated,
        i.created_at AS created, i.secret_set_at AS secret_set, i.expires_at AS expires, i.revoked_at AS revoked,
+       i.scopes AS scopes_json, i.rotation_grace_deadline AS grace_deadline, i.deleted_at AS deleted,
        nullIf(u.last_used, toDateTime64(0, 3, 'UTC')) AS last_used, u.requests AS requests,
        i.status IN ('active', 'rotating') AND (i.expires_at IS NULL OR i.expires_at > now64(3)) AND i.created_at IS NOT NULL
          AND greatest(i.created_at, u.last_used) <= now64(3) - toIntervalDay(${STALE_DAYS}) AS is_stale,
@@ -29,7 +30,8 @@ LEFT JOIN (SELECT account_id, key_id, max(last_used_at) AS last_used, sum(reques
 
 const FORMAT = `account_id, key_id, key_prefix, key_kind, mode, label, status, auto_generated,
   toString(created) AS created_at, toString(secret_set) AS secret_set_at, if(expires IS NULL, NULL, toString(expires)) AS expires_at,
-  if(revoked IS NULL, NULL, toString(revoked)) AS revoked_at, if(last_used IS NULL, NULL, toString(last_used)) AS last_used_at,
+  if(revoked IS NULL, NULL, toString(revoked)) AS revoked_at, if(deleted IS NULL, NULL, toString(deleted)) AS deleted_at,
+  scopes_json, if(grace_deadline IS NULL, NULL, toString(grace_deadline)) AS rotation_grace_deadline, if(last_used IS NULL, NULL, toString(last_used)) AS last_used_at,
   requests, dateDiff('day', created, now64(3)) AS age_days, if(rotation_due IS NULL, NULL, toString(rotation_due)) AS rotation_due_at,
   is_stale AS stale, rotation_due IS NOT NULL AND rotation_due <= now64(3) AS rotation_overdue,
   rotation_due IS NOT NULL AND rotation_due > now64(3) AND rotation_due <= now64(3) + toIntervalDay(${DUE_SOON_DAYS}) AS rotation_due_soon`
@@ -47,6 +49,12 @@ export interface KeyRow {
   secret_set_at: string
   expires_at: string | null
   revoked_at: string | null
+  /** When a rollback deleted this key (a rotation's replacement). */
+  deleted_at: string | null
+  /** null: full access; undefined when no created or scopes_changed event was seen. */
+  scopes?: { scope: string; access: ('read' | 'write')[] }[] | null
+  /** While rotating: the moment the old key stops being valid. */
+  rotation_grace_deadline: string | null
   last_used_at: string | null
   requests: number
   age_days: number
@@ -58,7 +66,7 @@ export interface KeyRow {
 
 const inventoryQuery = z.strictObject({
   account: accountId.optional(),
-  status: z.enum(['active', 'rotating', 'revoked', 'expired']).optional(),
+  status: z.enum(['active', 'rotating', 'revoked', 'expired', 'deleted']).optional(),
   kind: z.enum(['secret', 'publishable', 'restricted']).optional(),
   mode: z.enum(['live', 'test']).optional(),
   stale: flag.optional(),
@@ -83,8 +91,10 @@ export async function listKeys(client: ClickHouseClient, q: z.output<typeof inve
   return { keys: rows.map(({ total: _t, ...k }) => normalize(k)), total: Number(rows[0]?.total ?? 0) }
 }
 
-function normalize(k: KeyRow): KeyRow {
-  return { ...k, auto_generated: Boolean(k.auto_generated), stale: Boolean(k.stale), rotation_overdue: Boolean(k.rotation_overdue), rotation_due_soon: Boolean(k.rotation_due_soon), requests: Number(k.requests ?? 0) }
+function normalize({ scopes_json, ...k }: KeyRow & { scopes_json?: string | null }): KeyRow {
+  // The inventory keeps the contract's scopes as JSON text: 'null' is full access, NULL is not known.
+  const scopes = scopes_json == null ? undefined : (JSON.parse(scopes_json) as KeyRow['scopes'])
+  return { ...k, ...(scopes !== undefined ? { scopes } : {}), auto_generated: Boolean(k.auto_generated), stale: Boolean(k.stale), rotation_overdue: Boolean(k.rotation_overdue), rotation_due_soon: Boolean(k.rotation_due_soon), requests: Number(k.requests ?? 0) }
 }
 
 export async function keyRoutes(app: FastifyInstance, deps: { client: ClickHouseClient; findings: FindingStore; actions: ActionStore }): Promise<void> {

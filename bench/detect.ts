@@ -1,6 +1,8 @@
 // npm run bench:detect — a full run of every detector over a history of 50 million key.usage events across
-// 10,000 keys (generated inside ClickHouse), and the same questions asked naively of the raw events, in one run.
-// Args: --events=N (default 50,000,000).
+// 10,000 keys (generated inside ClickHouse, with a few hundred quiet leaks on top), and the same questions asked
+// naively of the raw events, in one run.
+// Args: --events=N (default 50,000,000), --keys=N (default 10,000); --data=DIR keeps the generated history there and reuses it on the next run
+// (generating is the slow part on a busy machine; the run is timed on the same data either way).
 import { queryRows } from '../clickhouse/client.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
 import { FindingStore } from '../detectors/findings.ts'
@@ -8,17 +10,22 @@ import { chTime } from '../ingest/rows.ts'
 import { openTestStorage, tempDir } from '../test/helpers.ts'
 
 const N = Number(process.argv.find((a) => a.startsWith('--events='))?.split('=')[1] ?? 50_000_000)
-const KEYS = 10_000
+const KEYS = Number(process.argv.find((a) => a.startsWith('--keys='))?.split('=')[1] ?? 10_000)
 const DAYS = 30
 const at = new Date(Date.UTC(2026, 10, 22, 15, 0, 0))
 const start = new Date(at.getTime() - DAYS * 86_400_000)
-const storage = await openTestStorage(tempDir('keywatch-bench-detect-'))
+const DATA = process.argv.find((a) => a.startsWith('--data='))?.split('=')[1]
+const storage = await openTestStorage(DATA ?? tempDir('keywatch-bench-detect-'))
 const { client } = storage
 const p = { at: chTime(at.getTime()), start: chTime(start.getTime()) }
+const stored = async (sql: string) => Number((await queryRows<{ n: number }>(client, sql))[0]!.n)
+const reuse = (await stored('SELECT count() AS n FROM key_usage')) > 0
+if (reuse) console.log(`reusing the history in ${DATA}`)
 
 // Key k belongs to account k % 500; kinds and modes vary with k; times increase with the event number.
 const KEY = `toUInt32(cityHash64(number) % ${KEYS})`
 let t = performance.now()
+if (!reuse) {
 const CHUNK = 5_000_000
 for (let done = 0; done < N; done += CHUNK) {
   const n = Math.min(CHUNK, N - done)
@@ -105,7 +112,55 @@ await client.command({
   query_params: p,
 })
 console.log(`generated lifecycle, 1,000,000 429s, 2,000,000 auth events, 200 leak reports (${((performance.now() - t) / 1000).toFixed(0)} s)`)
-await client.command({ query: 'OPTIMIZE TABLE key_usage_hourly FINAL' })
+}
+// The quiet leaks (issue 13), on top of the ordinary traffic: keys accepted from a new network, money spikes, scope
+// probes, environments shared, account takeovers after failures, a password spray. A few hundred findings in all.
+if ((await stored("SELECT count() AS n FROM key_usage WHERE startsWith(request_id, 'atk_')")) === 0) {
+const ATTACK_COLUMNS = `event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, request_id, method, endpoint, scope, status, error_code,
+                        ip, country, asn, user_agent, origin, sdk, client_env, latency_ms, amount_minor, currency, client_side, mode_mismatch`
+const attack = (where: string, n: number, fields: string, env: string, amount: number, currency: string) => `
+    INSERT INTO key_usage (${ATTACK_COLUMNS})
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalSecond(60 + number % 2400), concat('acct_', leftPad(toString(k % 500), 6, '0')),
+           concat('key_', leftPad(toString(k), 8, '0')), 'sk_live_0000', 'secret', 'live', concat('atk_', toString(number)), ${fields},
+           'paykore-node/3.2.1 node/22.11.0', '', 'paykore-node/3.2.1', '${env}', 30, ${amount}, '${currency}', 0, 0
+    FROM (SELECT number, toUInt32(intDiv(number, ${n}) * 7 + 1) AS k FROM numbers(${KEYS}))
+    WHERE ${where} AND k < ${KEYS} AND k % 10 != 0 AND k % 7 != 0`
+for (const q of [
+  // new network: 10 accepted reads from RO / AS9009
+  attack('k % 97 = 8', 10, `'GET', '/v1/payments', 'payments', 200, '', '185.100.87.41', 'RO', 9009`, 'production', 0, ''),
+  // money spike: 10 payouts of 5,000,000 minor units
+  attack('k % 89 = 15', 10, `'POST', '/v1/payouts', 'payouts', 200, '', concat('10.', toString(k % 250), '.0.1'), 'PH', 64500 + k % 20`, 'production', 5_000_000, 'PHP'),
+  // scope probe: 30 refusals over 6 scopes
+  attack('k % 83 = 22', 30, `'POST', concat('/v1/', ['payouts', 'refunds', 'customers', 'balance', 'transfers', 'disputes'][1 + number % 6]), ['payouts', 'refunds', 'customers', 'balance', 'transfers', 'disputes'][1 + number % 6], 403, 'INSUFFICIENT_SCOPE', '45.155.205.7', 'DE', 60729`, 'production', 0, ''),
+  // environment reuse: the production key also used from a developer's laptop
+  attack('k % 79 = 29', 3, `'GET', '/v1/payments', 'payments', 200, '', concat('10.', toString(k % 250), '.0.1'), 'PH', 64500 + k % 20`, 'development', 0, ''),
+]) {
+  await client.command({ query: q, query_params: p })
+}
+}
+if ((await stored("SELECT count() AS n FROM auth_events WHERE ip = '185.3.3.3'")) === 0) {
+await client.command({
+  query: `
+    INSERT INTO auth_events (event_id, occurred_at, account_id, user_id, actor_email, action, ip, country, user_agent, session_id, reason, target_user_id, key_id)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalSecond(if(number % 7 = 6, 1200, 1800 + number % 7 * 30)), concat('acct_', leftPad(toString(u % 500), 6, '0')),
+           concat('usr_', toString(u)), NULL, if(number % 7 = 6, 'login.succeeded', 'login.failed'), '185.3.3.3', 'RO', 'Mozilla/5.0', NULL, NULL, NULL, NULL
+    FROM (SELECT number, intDiv(number, 7) * 100 + 4 AS u FROM numbers(7 * 40))`,
+  query_params: p,
+})
+await client.command({
+  query: `
+    INSERT INTO auth_events (event_id, occurred_at, account_id, user_id, actor_email, action, ip, country, user_agent, session_id, reason, target_user_id, key_id)
+    SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalSecond(30 + number * 20), 'acct_000007', concat('usr_', toString(7 + 500 * (number % 12))),
+           NULL, 'login.failed', concat('192.0.2.', toString(number % 6)), 'PH', 'Mozilla/5.0', NULL, 'wrong_password', NULL, NULL
+    FROM numbers(24)`,
+  query_params: p,
+})
+console.log('added the quiet leaks')
+}
+// As the background merges would have by the time a scheduler runs: the rollups merged.
+for (const table of ['key_usage_hourly', 'key_usage_daily', 'key_networks_hourly', 'key_networks_daily', 'key_scopes_daily', 'key_probes_1m', 'user_logins_daily']) {
+  await client.command({ query: `OPTIMIZE TABLE ${table} FINAL` })
+}
 
 // The same questions asked of raw events, for comparison.
 const NAIVE: Record<string, string> = {
@@ -133,6 +188,42 @@ const NAIVE: Record<string, string> = {
       WHERE r.rotated_at IS NOT NULL AND u.occurred_at > r.rotated_at GROUP BY r.key_id`,
 }
 
+// The behavioural detectors' questions asked of raw events.
+Object.assign(NAIVE, {
+  'key.new_network': `SELECT account_id, key_id, country, asn, countIf(occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY) AS recent,
+        countIf(occurred_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY) AS before
+      FROM key_usage WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 31 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')} AND status < 400
+        AND mode = 'live' AND key_kind IN ('secret', 'restricted')
+      GROUP BY account_id, key_id, country, asn HAVING recent >= 5 AND before = 0`,
+  'key.dormant_reactivated': `SELECT account_id, key_id, maxIf(occurred_at, occurred_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY) AS last_before,
+        groupUniqArrayIf(country, occurred_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY) AS known
+      FROM key_usage WHERE occurred_at <= {at:DateTime64(3, 'UTC')} AND mode = 'live'
+      GROUP BY account_id, key_id HAVING countIf(occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY) > 0 AND last_before < {at:DateTime64(3, 'UTC')} - INTERVAL 31 DAY`,
+  'key.scope_probe': `SELECT account_id, key_id, count() AS refusals, uniqExact(scope) AS scopes FROM key_usage
+      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 HOUR AND occurred_at <= {at:DateTime64(3, 'UTC')} AND error_code IN ('INSUFFICIENT_SCOPE', 'IP_NOT_ALLOWED')
+      GROUP BY account_id, key_id HAVING refusals >= 20 OR scopes >= 4`,
+  'key.money_spike': `SELECT account_id, key_id, currency, sumIf(amount_minor, occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 HOUR) AS recent,
+        sumIf(amount_minor, occurred_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 1 HOUR) / 168 AS avg
+      FROM key_usage WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 7 DAY - INTERVAL 1 HOUR AND occurred_at <= {at:DateTime64(3, 'UTC')}
+        AND status < 400 AND amount_minor > 0 AND mode = 'live'
+      GROUP BY account_id, key_id, currency HAVING recent >= 50000 AND recent >= 10 * avg`,
+  'auth.account_takeover': `SELECT account_id, user_id, groupUniqArrayIf(country, occurred_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 2 HOUR) AS known,
+        groupUniqArrayIf(country, occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 2 HOUR) AS recent
+      FROM auth_events WHERE action = 'login.succeeded' AND occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 32 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')}
+      GROUP BY account_id, user_id HAVING length(arrayFilter(c -> NOT has(known, c), recent)) > 0`,
+  'key.env_reuse': `SELECT account_id, key_id, uniqExact(client_env) AS envs FROM key_usage
+      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 7 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')} AND client_env != ''
+      GROUP BY account_id, key_id HAVING envs > 1`,
+  'key.used_after_expiry': `SELECT i.key_id, count() FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS i
+      INNER JOIN key_usage AS u ON u.account_id = i.account_id AND u.key_id = i.key_id
+      WHERE i.status = 'expired' AND u.status < 400 AND u.occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 1 DAY
+        AND u.occurred_at > least(ifNull(i.expires_at, toDateTime64('2200-01-01', 3, 'UTC')), ifNull(i.rotation_grace_deadline, toDateTime64('2200-01-01', 3, 'UTC'))) + INTERVAL 5 MINUTE
+      GROUP BY i.key_id`,
+  'key.overprivileged': `SELECT account_id, key_id, groupUniqArray(scope) FROM key_usage
+      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 90 DAY AND status < 400 AND method IN ('POST', 'PUT', 'PATCH', 'DELETE') AND key_kind = 'restricted'
+      GROUP BY account_id, key_id`,
+})
+
 const engine = new DetectionEngine(client, new FindingStore(client), { info: () => {}, error: (o) => console.error(o) })
 await engine.runAll(at) // warm the caches once, as a scheduler would have
 const runs = await engine.runAll(at)
@@ -152,7 +243,7 @@ for (const r of runs) {
   }
   console.log(`  ${r.detector.padEnd(30)} ${r.durationMs.toFixed(0).padStart(8)} ${r.rowsRead.toLocaleString('en').padStart(12)} ${String(r.findings.length).padStart(9)}   ${naive}${r.error ? ` ERROR ${r.error}` : ''}`)
 }
-console.log(`  ${'all detectors'.padEnd(30)} ${total.toFixed(0).padStart(8)} ms   (target: under 5,000 ms)   naive questions: ${naiveTotal.toFixed(0)} ms`)
+console.log(`  ${'all detectors'.padEnd(30)} ${total.toFixed(0).padStart(8)} ms   (target: under 3,000 ms)   naive questions: ${naiveTotal.toFixed(0)} ms`)
 const [count] = await queryRows<{ n: number; after: number }>(client, 'SELECT count() AS n, countIf(occurred_at > {at:DateTime64(3, \'UTC\')}) AS after FROM key_usage', p)
 console.log(`  key_usage rows: ${count!.n.toLocaleString('en')} (${count!.after} after the moment detectors ran as of)`)
 await storage.close()

@@ -59,10 +59,8 @@ export interface MigrationResult {
 export function forCluster(statement: string, cluster: string): string {
   if (!/^[A-Za-z0-9_]+$/.test(cluster)) throw new Error(`a cluster name is letters, digits and _: ${JSON.stringify(cluster)}`)
   // The statement's first words, after its leading comment lines.
-  const created = /^((?:\s*--[^\n]*\n)*\s*CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS\s+)([A-Za-z_][A-Za-z0-9_]*)/i.exec(statement)
-  // A column added later is added on every replica.
-  const altered = /^((?:\s*--[^\n]*\n)*\s*ALTER\s+TABLE\s+)([A-Za-z_][A-Za-z0-9_]*)/i.exec(statement)
-  if (!created && altered) return statement.replace(altered[0], `${altered[1]}${altered[2]} ON CLUSTER \`${cluster}\``)
+  // CREATE … IF NOT EXISTS, CREATE OR REPLACE VIEW (a view redefined) and ALTER TABLE (a column added) name one table.
+  const created = /^((?:\s*--[^\n]*\n)*\s*(?:CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS|CREATE\s+OR\s+REPLACE\s+VIEW|ALTER\s+TABLE)\s+)([A-Za-z_][A-Za-z0-9_]*)/i.exec(statement)
   if (!created) return statement
   const table = created[2]!
   return statement

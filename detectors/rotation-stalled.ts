@@ -19,7 +19,7 @@ export default defineDetector({
   title: 'Key rotation stalled',
   severity: 'medium',
   schedule: '* * * * *',
-  lookback: 'rotations of the last 8 days, hourly rollups',
+  lookback: 'every rotation not undone; the last 8 days of hourly rollups, and the daily ones since each deadline',
   params: { busy_share_percent: 10, busy_window_seconds: 86_400, new_key_grace_seconds: 3_600, lookback_seconds: 8 * 86_400 },
   // One row per stalled rotation, with the first of the three reasons that holds.
   query: `
@@ -28,13 +28,21 @@ export default defineDetector({
         SELECT account_id, key_id, key_prefix, replacement_key_id, rotated_at, rotation_grace_deadline AS deadline
         FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')})
         WHERE rotated_at IS NOT NULL AND (rolled_back_at IS NULL OR rolled_back_at < rotated_at) AND revoked_at IS NULL
-          AND rotated_at > {at:DateTime64(3, 'UTC')} - toIntervalSecond({lookback_seconds:UInt32})
+          AND rotation_grace_deadline IS NOT NULL
+    ),
+    -- Use after the deadline, however long ago the deadline was: the daily rollups from the deadline's day on.
+    late AS (
+        SELECT d.account_id AS account_id, d.key_id AS key_id, max(d.last_used_at) AS last_used
+        FROM key_usage_daily AS d
+        INNER JOIN rotations AS r ON r.account_id = d.account_id AND r.key_id = d.key_id
+        WHERE d.day >= toDate(r.deadline) AND d.last_used_at > r.deadline AND d.last_used_at <= at_
+        GROUP BY d.account_id, d.key_id
     )
     SELECT r.account_id AS account_id, r.key_id AS key_id, r.key_prefix AS key_prefix, r.replacement_key_id AS replacement_key_id,
            toString(r.rotated_at) AS rotated_at, toString(r.deadline) AS deadline,
            sumIf(h.requests, h.key_id = r.key_id AND h.hour >= last_hour) AS old_requests_last_hour,
            sumIf(h.requests, h.key_id = r.replacement_key_id AND h.hour >= last_hour) AS new_requests_last_hour,
-           maxIf(h.last_used_at, h.key_id = r.key_id) AS old_last_used,
+           greatest(maxIf(h.last_used_at, h.key_id = r.key_id), ifNull(any(l.last_used), toDateTime64(0, 3, 'UTC'))) AS old_last_used,
            toString(old_last_used) AS old_last_used_at,
            multiIf(
                old_last_used > r.deadline, 'used_after_deadline',
@@ -51,6 +59,7 @@ export default defineDetector({
           AND key_id IN (SELECT key_id FROM rotations UNION ALL SELECT replacement_key_id FROM rotations)
         GROUP BY account_id, key_id, hour
     ) AS h ON h.account_id = r.account_id AND (h.key_id = r.key_id OR h.key_id = r.replacement_key_id)
+    LEFT JOIN late AS l ON l.account_id = r.account_id AND l.key_id = r.key_id
     WHERE h.last_used_at <= at_ OR h.key_id = ''
     GROUP BY r.account_id, r.key_id, r.key_prefix, r.replacement_key_id, r.rotated_at, r.deadline
     HAVING reason != ''`,

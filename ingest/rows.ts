@@ -94,6 +94,8 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: stri
     reason: e.reason ?? null,
     target_user_id: e.target_user_id ?? null,
     key_id: e.key_id ?? null,
+    role: e.role ?? null,
+    previous_role: e.previous_role ?? null,
   }),
   'key.lifecycle': (e: KeyLifecycle, event_id, occurred_at) => ({
     event_id,
@@ -106,6 +108,8 @@ const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: stri
     action: e.action,
     actor_type: e.actor.type,
     actor_id: e.actor.id,
+    actor_role: e.actor.role ?? null,
+    actor_step_up: e.actor.step_up ?? null,
     label: e.label ?? null,
     // NULL: this event says nothing of scopes; the JSON 'null': full access.
     scopes: e.scopes === undefined ? null : JSON.stringify(e.scopes),

@@ -363,7 +363,8 @@ export class ResponseEngine {
 
   /** Why an automatic action must not go out, if it must not. */
   private holdReason(key: KeyFacts, paused: boolean): { status: ActionStatus; detail: string } | undefined {
-    if (key.status === 'revoked' || key.status === 'expired') return { status: 'skipped', detail: `the key is already ${key.status}` }
+    // An expired key is still revoked: past its deadline the platform may yet accept it (key.used_after_expiry).
+    if (key.status === 'revoked' || key.status === 'deleted') return { status: 'skipped', detail: `the key is already ${key.status}` }
     if (paused) return { status: 'paused', detail: 'the kill switch is on: automatic actions are paused' }
     if (this.deps.policy.mode === 'dry_run') return { status: 'dry_run', detail: 'dry-run policy: decided and recorded, not sent' }
     const since = this.now() - HOUR_MS
@@ -441,7 +442,7 @@ export class ResponseEngine {
         return { action: rejected, send: false }
       }
       const key = (await this.keyFacts([action.key_id])).get(action.key_id)
-      if (!key || key.status === 'revoked' || key.status === 'expired') {
+      if (!key || key.status === 'revoked' || key.status === 'deleted') {
         const skipped: Action = { ...base, status: 'skipped', status_detail: joinDetail(action.status_detail, `approved by ${d.by}, but the key is ${key?.status ?? 'unknown'}`) }
         await this.save([skipped])
         return { action: skipped, send: false }

@@ -39,7 +39,8 @@ export class SecretIndex {
       `SELECT account_id, key_id, key_prefix, key_kind, mode, auto_generated, secret_sha256, status, toString(secret_set_at) AS secret_set_at FROM key_inventory`,
     )
     for (const r of rows) {
-      if (r.status === 'revoked' || r.status === 'expired') {
+      // Expired keys stay: past its deadline the platform may still accept one, so a leak of it is still acted on.
+      if (r.status === 'revoked' || r.status === 'deleted') {
         this.end(r.key_id)
         continue
       }
@@ -63,8 +64,13 @@ export class SecretIndex {
       const r = row.values
       const keyId = String(r.key_id)
       const action = String(r.action)
-      if (action === 'revoked' || action === 'expired') {
+      if (action === 'revoked') {
         this.end(keyId)
+        continue
+      }
+      // A rollback deletes the replacement key; the kept key stays as it was.
+      if (action === 'rolled_back' && typeof r.replacement_key_id === 'string' && r.replacement_key_id) {
+        this.end(r.replacement_key_id)
         continue
       }
       if (this.ended.has(keyId)) continue

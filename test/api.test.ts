@@ -8,6 +8,7 @@ import { hashToken, ROLES, type Role } from '../api/tokens.ts'
 import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { ago, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
+import { DETECTORS } from '../detectors/index.ts'
 import { bearer, count, openTestRuntime } from './helpers.ts'
 
 let rt: Runtime
@@ -213,7 +214,7 @@ describe('findings', () => {
 
   it('lists the detectors with their last run', async () => {
     const body = (await get('/v1/detectors', 'viewer')).json() as { detectors: { id: string; last_run: { findings: number } | null }[] }
-    expect(body.detectors).toHaveLength(13)
+    expect(body.detectors).toHaveLength(DETECTORS.length)
     expect(body.detectors.find((d) => d.id === 'key.stale')!.last_run).not.toBeNull()
   })
 })

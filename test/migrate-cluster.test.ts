@@ -22,7 +22,7 @@ describe('migrations on a cluster', () => {
     for (const { migration, sql } of statements) {
       const clustered = forCluster(sql, 'keywatch')
       const [parsed] = await queryRows<{ q: string }>(storage.client, 'SELECT formatQuery({sql:String}) AS q', { sql: clustered })
-      const name = /IF NOT EXISTS\s+(\w+)/.exec(sql)?.[1]
+      const name = /^(?:\s*--[^\n]*\n)*\s*(?:CREATE\s+(?:TABLE|VIEW|MATERIALIZED\s+VIEW)\s+IF\s+NOT\s+EXISTS|CREATE\s+OR\s+REPLACE\s+VIEW|ALTER\s+TABLE)\s+(\w+)/.exec(sql)?.[1]
       if (!name) continue
       expect(parsed!.q, `${migration}: ${name}`).toContain(`${name} ON CLUSTER keywatch`)
       if (/^(\s*--[^\n]*\n)*\s*CREATE TABLE/.test(sql)) {

@@ -163,11 +163,11 @@ async function keys(query = '') {
   <p class="muted"><span data-testid="keys-total">${num(list.total)}</span> keys; showing ${num(offset + 1)}–${num(offset + list.keys.length)}
     ${offset > 0 ? `<a href="#/keys?${new URLSearchParams({ ...Object.fromEntries(params), offset: String(Math.max(0, offset - 200)) })}">previous</a>` : ''}
     ${offset + list.keys.length < list.total ? `<a href="#/keys?${new URLSearchParams({ ...Object.fromEntries(params), offset: String(offset + 200) })}">next</a>` : ''}</p>
-  <div class="card"><table><thead><tr><th>Key</th><th>Account</th><th>Kind</th><th>Mode</th><th>Status</th><th>Last used</th><th>Requests</th><th>Age (days)</th><th>Rotation due</th><th>Expires</th><th></th></tr></thead>
+  <div class="card"><table><thead><tr><th>Key</th><th>Account</th><th>Kind</th><th>Mode</th><th>Status</th><th>Last used</th><th>Requests</th><th>Age (days)</th><th>Rotation due</th><th>Expires</th><th>Grace deadline</th><th></th></tr></thead>
   <tbody>${list.keys
     .map(
       (k) => `<tr data-testid="key-row" data-key="${esc(k.key_id)}"><td><a href="#/keys/${esc(k.key_id)}">${esc(k.key_prefix)}</a> <span class="muted">${esc(k.label ?? '')}</span></td><td>${esc(k.account_id)}</td><td>${esc(k.key_kind)}</td><td>${esc(k.mode)}</td><td>${esc(k.status)}</td>
-      <td>${esc(k.last_used_at?.slice(0, 16) ?? 'never')}</td><td>${num(k.requests)}</td><td>${num(k.age_days)}</td><td>${esc(k.rotation_due_at?.slice(0, 10) ?? '—')}</td><td>${esc(k.expires_at?.slice(0, 10) ?? '—')}</td>
+      <td>${esc(k.last_used_at?.slice(0, 16) ?? 'never')}</td><td>${num(k.requests)}</td><td>${num(k.age_days)}</td><td>${esc(k.rotation_due_at?.slice(0, 10) ?? '—')}</td><td>${esc(k.expires_at?.slice(0, 10) ?? '—')}</td><td>${esc(k.rotation_grace_deadline?.slice(0, 16) ?? '—')}</td>
       <td>${k.stale ? sev('low').replace('>low<', '>stale<') : ''}${k.rotation_overdue ? sev('medium').replace('>medium<', '>overdue<') : ''}${k.rotation_due_soon ? sev('info').replace('>info<', '>due soon<') : ''}</td></tr>`,
     )
     .join('')}</tbody></table></div>`
@@ -195,8 +195,10 @@ async function keyPage(id) {
     <div class="tile"><div class="n" data-testid="key-requests">${num(exposure.totals.requests)}</div><div class="l">requests in the exposure window (${num(exposure.totals.accepted)} accepted)</div></div>
     <div class="tile"><div class="n">${esc(k.last_used_at?.slice(0, 16) ?? 'never')}</div><div class="l">last used</div></div>
     <div class="tile"><div class="n">${esc(k.rotation_due_at?.slice(0, 10) ?? '—')}</div><div class="l">rotation due</div></div>
+    <div class="tile"><div class="n" data-testid="key-grace-deadline">${esc(k.rotation_grace_deadline?.slice(0, 16) ?? '—')}</div><div class="l">grace deadline (old key valid until)</div></div>
   </div>
-  ${can('respond') && k.status !== 'revoked' ? `<p><button id="revoke" class="primary">Revoke…</button></p>` : ''}
+  <p data-testid="key-scopes"><b>Scopes:</b> ${k.scopes === undefined ? '<span class="muted">not known</span>' : k.scopes === null ? 'full access' : k.scopes.map((s) => `${esc(s.scope)} (${s.access.map(esc).join(', ')})`).join(' · ') || 'none'}</p>
+  ${can('respond') && !['revoked', 'deleted'].includes(k.status) ? `<p><button id="revoke" class="primary">Revoke…</button></p>` : ''}
   <div class="card" id="usage-chart"></div>
   <div class="grid2">
     <div class="card"><h2>IPs (exposure window)</h2><table><tr><th>IP</th><th>Country</th><th>ASN</th><th>Requests</th><th>Accepted</th></tr>${exposure.ips.slice(0, 20).map((i) => `<tr><td>${esc(i.ip)}</td><td>${esc(i.country)}</td><td>${esc(i.asn)}</td><td>${num(i.requests)}</td><td>${num(i.accepted)}</td></tr>`).join('')}</table></div>
