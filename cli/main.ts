@@ -10,6 +10,7 @@ import { DataDirLockedError, openStorage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
 import { ConfigError } from '../config/config.ts'
 import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
+import { leadershipFor } from '../cluster/leadership.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
 import { config, dataDirOf, ExitError, instanceHeaders, openForCommand, runningInstance } from './context.ts'
 import { announceInstance } from './instance.ts'
@@ -24,7 +25,8 @@ import type { Metrics } from '../api/metrics.ts'
 async function start(): Promise<void> {
   const cfg = config()
   const log = createLogger(cfg)
-  const rt = await openRuntime(cfg, log)
+  // Several instances elect one leader for the singletons; without Kafka this one is its own leader (issue 16).
+  const rt = await openRuntime(cfg, log, { leadership: leadershipFor(cfg.kafka, log) })
   // The command line on this machine reaches the instance with a token only its data directory holds.
   const cliToken = cfg.clickhouse.mode === 'embedded' ? randomBytes(32).toString('base64url') : undefined
   const metricsPort = cfg.http.metricsPort

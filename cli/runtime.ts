@@ -25,6 +25,8 @@ const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.
 import { ActionStore } from '../response/actions.ts'
 import { ResponseEngine } from '../response/engine.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
+import type { Leadership } from '../cluster/leadership.ts'
+import { ClusterAuditTrail } from '../cluster/audit.ts'
 import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
 export interface Runtime {
@@ -45,6 +47,8 @@ export interface Runtime {
   /** The Ed25519 key that signs export manifests (read, or made, on first use). */
   exportSigningKey: () => KeyObject
   version: string
+  /** Several instances (issue 16): who leads the singletons; undefined for one-shot commands (they write directly). */
+  leadership?: Leadership
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
   /** Told about every finding recorded (by a detector run or raised by keywatch itself): alerts listen here. */
@@ -59,7 +63,13 @@ export function createLogger(config: Config): Logger {
   return pino({ level: config.logLevel, base: { service: 'keywatch' } }, pino.destination({ fd: 2, sync: false }))
 }
 
-export async function openRuntime(config: Config, log: Logger): Promise<Runtime> {
+export interface RuntimeOptions {
+  /** `keywatch start`: the singletons below run only while this instance leads (cluster/leadership.ts). */
+  leadership?: Leadership
+}
+
+export async function openRuntime(config: Config, log: Logger, options: RuntimeOptions = {}): Promise<Runtime> {
+  const { leadership } = options
   const storage = await openStorage(config.clickhouse)
   try {
     const result = await migrate(storage.client, undefined, { cluster: config.clickhouse.mode === 'server' ? config.clickhouse.cluster : undefined })
@@ -104,7 +114,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   // The export signing key also signs the audit trail's checkpoints: a rewrite inside ClickHouse cannot forge them.
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
-  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  // With a leadership, the chain has one writer: the leader (a follower's entries are forwarded to it).
+  const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, { signingKey: signer }) : new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  const leads = () => !leadership || leadership.isLeader()
   const alerts = new AlertService(storage.client, config.alerts, log)
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
@@ -131,6 +143,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   let freshSince = 0
   pipeline.onStored((type) => {
     if (type !== 'leak.reported') return
+    // A follower tells the leader, which runs the leak detector at once (issue 16).
+    if (!leads()) return void leadership!.toLeader({ kind: 'leak.stored' }).catch((err) => log.error({ err: String(err) }, 'could not tell the leader about a leak report'))
     const since = freshSince
     freshSince = Date.now()
     void detection
@@ -155,15 +169,15 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     alerts,
     exportSigningKey: signer,
     version: VERSION,
+    leadership,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
       started = true
-      await response.start()
-      await alerts.start()
-      alerts.scheduleDigests()
       // The response decides first (a leaked key waits for nothing), then the alert says what was done.
+      // Only the leader decides and alerts (issue 16): a follower records findings (the API's runs) and no more.
       findingsListeners.push(async (recorded) => {
+        if (!leads()) return
         const actions = await response.onFindings(recorded)
         const note = (id: string) => {
           const a = actions.find((x) => x.finding_id === id)
@@ -171,9 +185,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         }
         await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id) })))
       })
-      findings.onStatusChange((f) => void alerts.onFindingChanged(f).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
+      findings.onStatusChange((f) => void (leads() ? alerts.onFindingChanged(f) : Promise.resolve()).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
       response.onAction((a) => {
-        if (!alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
+        if (!leads() || !alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
         void findings
           .list({ finding_id: a.finding_id, limit: 1 })
           .then(([f]) => f && alerts.onFindingChanged(f, { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }))
@@ -181,15 +195,45 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       })
       // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
       pipeline.onStored((type) => {
-        if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
+        if (type === 'key.lifecycle' && leads()) void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
       })
-      detection.schedule()
-      if (config.exports.scheduled) {
-        stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
+      // ---- the singletons: on the leader only (issue 16); without a leadership this process leads ----
+      const startSingletons = async () => {
+        if (audit instanceof ClusterAuditTrail) audit.resync() // the previous leader may have appended since
+        await response.start()
+        await response.resumeRequested().catch((err) => log.error({ err: String(err) }, 'could not resume the requested actions'))
+        await alerts.start()
+        alerts.scheduleDigests()
+        detection.schedule()
+        if (config.exports.scheduled) {
+          stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
+        }
       }
+      const stopSingletons = async () => {
+        await detection.stop()
+        await stopExports?.()
+        stopExports = undefined
+        await response.stop()
+        await alerts.stop()
+      }
+      if (!leadership) return startSingletons()
+      leadership.onControl(async (messages) => {
+        if (audit instanceof ClusterAuditTrail) await audit.appendForwarded(messages)
+        const leak = messages.filter((m) => m.kind === 'leak.stored')
+        if (leak.length) {
+          const since = Math.min(...leak.map((m) => m.at)) - 10_000 // the follower stored the report before telling
+          await detection.runFresh('leak.public_report', { received_after_ms: Math.max(0, since) })
+        }
+      })
+      leadership.onChange((leader) => (leader ? startSingletons() : stopSingletons()))
+      await leadership.start()
     },
     async close() {
       await writer.drain()
+      if (leadership) {
+        await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
+        await leadership.stop() // steps down: the singletons stop below
+      }
       await detection.stop()
       await stopExports?.()
       await response.stop()

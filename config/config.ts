@@ -46,6 +46,7 @@ const envSchema = z.object({
   KAFKA_TOPIC_LEAKS: topic.default('security.leaks'),
   KAFKA_TOPIC_COMMANDS: topic.default('apikey.commands'),
   KAFKA_TOPIC_DEAD_LETTER: topic.default('keywatch.deadletter'),
+  KAFKA_TOPIC_CONTROL: topic.default('keywatch.control'),
 
   INGEST_BATCH_MAX_ROWS: positiveInt.default(20_000),
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
@@ -96,6 +97,8 @@ export interface Config {
     clientId: string
     groupId: string
     topics: Topics
+    /** Single-partition topic whose partition 0's owner (in group `<groupId>.leader`) is the leader (cluster/leadership.ts). */
+    controlTopic: string
   }
   topics: Topics
   ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
@@ -170,7 +173,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     clickhouse: e.CLICKHOUSE_URL
       ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE, cluster: e.CLICKHOUSE_CLUSTER }
       : { mode: 'embedded', dataDir: resolve(e.KEYWATCH_DATA_DIR), database: e.CLICKHOUSE_DATABASE },
-    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics } : undefined,
+    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics, controlTopic: e.KAFKA_TOPIC_CONTROL } : undefined,
     topics,
     ingest: {
       batchMaxRows: e.INGEST_BATCH_MAX_ROWS,

@@ -49,7 +49,7 @@ export async function startKafkaIngest(
       raw: m.value ?? EMPTY,
       origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
     }))
-    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic])
+    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic], batch.owned)
     await deadLetters.send(
       kafka.topics.deadLetter,
       rejections.map((r) => ({
