@@ -38,7 +38,10 @@ async function start(): Promise<void> {
   const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString(), cliToken }) : () => {}
   let kafka: KafkaIngest | undefined
   try {
-    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag)) : undefined
+    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag), {
+          // One process owns an embedded engine: no other instance can have an insert on the wire (issue 16).
+          handoverMs: cfg.clickhouse.mode === 'embedded' ? 0 : undefined,
+        }) : undefined
   } catch (err) {
     release()
     throw err

@@ -22,6 +22,11 @@ export async function startKafkaIngest(
   log: Logger,
   /** Told each partition's lag as its batches arrive (metrics). */
   onLag?: (topic: string, partition: number, lag: number) => void,
+  /**
+   * Fencing (issue 16): how long a newly assigned partition waits for its previous owner's inserts on the wire (0 on
+   * the embedded engine, which one process owns); `unfenced` for the fault suite's negative control only.
+   */
+  fencing: { handoverMs?: number; unfenced?: boolean } = {},
 ): Promise<KafkaIngest> {
   const settings = { brokers: kafka.brokers, clientId: kafka.clientId }
   const t = kafka.topics
@@ -41,6 +46,8 @@ export async function startKafkaIngest(
       topics: Object.keys(typeOfTopic),
       maxPendingPerPartition: ingest.maxInflightBatches,
       partitionsConsumedConcurrently: 3,
+      unfenced: fencing.unfenced,
+      handoverMs: fencing.handoverMs,
     },
     log,
   )

@@ -73,6 +73,8 @@ export interface ConsumerOptions {
   /** Fencing (issue 16): how long a partition newly assigned here waits for its previous owner's inserts on the wire. */
   handoverMs?: number
   sessionTimeoutMs?: number
+  /** The fault suite's negative control only: no fencing, to show what it prevents. */
+  unfenced?: boolean
 }
 
 /** Fencing (issue 16): a batch whose partition this member no longer owns; not a failure, the new owner writes it. */
@@ -138,7 +140,7 @@ export class KafkaBatchConsumer {
       this.chains.clear() // batches of earlier epochs are fenced; their chains no longer matter
       const now = new Set(Object.entries(payload.memberAssignment).flatMap(([t, ps]) => ps.map((p) => `${t}/${p}`)))
       // A partition that was not ours: its previous owner may still have an insert on the wire. Wait that out.
-      for (const k of now) if (!this.assigned.has(k)) this.handoverUntil.set(k, Date.now() + (this.options.handoverMs ?? 3_000))
+      for (const k of now) if (!this.assigned.has(k)) this.handoverUntil.set(k, Date.now() + (this.options.unfenced ? 0 : (this.options.handoverMs ?? 3_000)))
       this.assigned = now
     })
     // ---- end fencing ----
@@ -153,7 +155,7 @@ export class KafkaBatchConsumer {
         const key = `${batch.topic}/${batch.partition}`
         // ---- fencing (issue 16) ----
         const epoch = this.epoch
-        const owned = () => !this.aborted && this.epoch === epoch && Date.now() - this.lastHeartbeat < (this.options.sessionTimeoutMs ?? 30_000) - 5_000
+        const owned = () => !this.aborted && (this.options.unfenced || (this.epoch === epoch && Date.now() - this.lastHeartbeat < (this.options.sessionTimeoutMs ?? 30_000) - 5_000))
         while (Date.now() < (this.handoverUntil.get(key) ?? 0) && owned() && isRunning()) {
           await new Promise((r) => setTimeout(r, 100))
           await heartbeat()

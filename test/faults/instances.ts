@@ -37,14 +37,14 @@ export function slowInserts(storage: Storage, ms: number): Storage {
   }
 }
 
-export async function startInstance(name: string, shared: Storage, kafka: NonNullable<Config['kafka']>, opts: { batchMaxRows?: number; insertDelayMs?: number } = {}): Promise<Instance> {
+export async function startInstance(name: string, shared: Storage, kafka: NonNullable<Config['kafka']>, opts: { batchMaxRows?: number; insertDelayMs?: number; unfenced?: boolean } = {}): Promise<Instance> {
   const batchMaxRows = opts.batchMaxRows ?? 500
   const storage = opts.insertDelayMs ? slowInserts(shared, opts.insertDelayMs) : shared
   const writer = new EventWriter(storage, { maxRows: batchMaxRows, maxWaitMs: 20, maxInflight: 4 })
   const pipeline = new IngestPipeline(storage.client, writer)
   const leadership = new KafkaLeadership({ brokers: kafka.brokers, clientId: `${kafka.clientId}-${name}`, groupId: kafka.groupId, topic: kafka.controlTopic }, silent)
   await leadership.start()
-  const ingest = await startKafkaIngest({ ...kafka, clientId: `${kafka.clientId}-${name}` }, { batchMaxRows, batchMaxWaitMs: 20, maxInflightBatches: 4 }, pipeline, silent)
+  const ingest = await startKafkaIngest({ ...kafka, clientId: `${kafka.clientId}-${name}` }, { batchMaxRows, batchMaxWaitMs: 20, maxInflightBatches: 4 }, pipeline, silent, undefined, { unfenced: opts.unfenced })
   const instance: Instance = {
     name,
     ingest,
