@@ -40,7 +40,7 @@ async function start(): Promise<void> {
   try {
     kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag), {
           // One process owns an embedded engine: no other instance can have an insert on the wire (issue 16).
-          handoverMs: cfg.clickhouse.mode === 'embedded' ? 0 : undefined,
+          handoverMs: cfg.clickhouse.mode === 'embedded' ? 0 : cfg.ingest.handoverMs,
         }) : undefined
   } catch (err) {
     release()

@@ -51,6 +51,7 @@ const envSchema = z.object({
   INGEST_BATCH_MAX_ROWS: positiveInt.default(20_000),
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
+  INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
 
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
@@ -101,7 +102,8 @@ export interface Config {
     controlTopic: string
   }
   topics: Topics
-  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
+  /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
   http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number }
   /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
@@ -179,6 +181,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       batchMaxRows: e.INGEST_BATCH_MAX_ROWS,
       batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
+      handoverMs: e.INGEST_HANDOVER_MS,
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
     response: responseConfig(e),
