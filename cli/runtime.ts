@@ -201,7 +201,8 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
       const startSingletons = async () => {
         if (audit instanceof ClusterAuditTrail) audit.resync() // the previous leader may have appended since
         await response.start()
-        await response.resumeRequested().catch((err) => log.error({ err: String(err) }, 'could not resume the requested actions'))
+        // In the background: a key service that is down must not hold up the alerts and the schedules.
+        void response.resumeRequested().catch((err) => log.error({ err: String(err) }, 'could not resume the requested actions'))
         await alerts.start()
         alerts.scheduleDigests()
         detection.schedule()

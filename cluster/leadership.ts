@@ -263,6 +263,15 @@ export class KafkaLeadership extends Base implements Leadership {
 
   /** Partition 0 is ours in this generation: prove it to the broker with a commit, wait out the handover, lead. */
   private async claim(epoch: number): Promise<void> {
+    // A transient failure (the coordinator busy) is tried again while partition 0 is still ours in this epoch; a
+    // refused generation is followed by a rebalance, which ends the epoch.
+    while (epoch === this.epoch && this.ownsPartition0 && !this.stopping && !this.leader) {
+      if (await this.tryClaim(epoch)) return
+      await new Promise((r) => setTimeout(r, 1_000))
+    }
+  }
+
+  private async tryClaim(epoch: number): Promise<boolean> {
     try {
       const consumer = this.consumer!
       const admin = this.kafka.admin()
@@ -270,19 +279,22 @@ export class KafkaLeadership extends Base implements Leadership {
       try {
         const [t] = await admin.fetchOffsets({ groupId: `${this.options.groupId}.leader`, topics: [this.options.topic] })
         const committed = t?.partitions.find((p) => p.partition === 0)?.offset ?? '-1'
-        this.position = committed === '-1' ? undefined : committed
+        // Nothing committed yet: commit 0 (nothing handled), so even the first claim is checked by the broker.
+        this.position = committed === '-1' ? '0' : committed
       } finally {
         await admin.disconnect()
       }
-      if (this.position) await consumer.commitOffsets([{ topic: this.options.topic, partition: 0, offset: this.position }])
+      await consumer.commitOffsets([{ topic: this.options.topic, partition: 0, offset: this.position }])
       await new Promise((r) => setTimeout(r, this.options.handoverMs ?? 2_000))
-      if (epoch !== this.epoch || !this.ownsPartition0 || this.stopping) return
-      if (this.position) await consumer.commitOffsets([{ topic: this.options.topic, partition: 0, offset: this.position }])
-      if (epoch !== this.epoch || !this.ownsPartition0 || this.stopping) return
-      if (Date.now() - this.lastHeartbeat > this.sessionTimeoutMs - LEASE_MARGIN_MS) return
+      if (epoch !== this.epoch || !this.ownsPartition0 || this.stopping) return true
+      await consumer.commitOffsets([{ topic: this.options.topic, partition: 0, offset: this.position }])
+      if (epoch !== this.epoch || !this.ownsPartition0 || this.stopping) return true
+      if (Date.now() - this.lastHeartbeat > this.sessionTimeoutMs - LEASE_MARGIN_MS) return false
       await this.set(true, `owns partition 0 of ${this.options.topic}`)
+      return true
     } catch (err) {
-      this.log.warn({ err: String(err) }, 'leadership claim refused')
+      this.log.warn({ err: String(err) }, 'leadership claim refused; trying again')
+      return false
     }
   }
 
