@@ -108,14 +108,15 @@ abstract class Base {
   }
 }
 
-/** One instance, no Kafka: always the leader; requests are handled in place. */
+/** One instance, no Kafka: the leader from the start (an API call before start() is audited in place). */
 export class SoloLeadership extends Base implements Leadership {
   constructor(log: Logger) {
     super('solo', log)
+    this.leader = true // listeners registered later are told at once (Base.onChange)
   }
 
   async start(): Promise<void> {
-    await this.set(true, 'single instance')
+    await this.settled()
   }
 
   async toLeader(request: ControlRequest): Promise<void> {
@@ -147,7 +148,7 @@ const LEASE_MARGIN_MS = 3_000
 export class KafkaLeadership extends Base implements Leadership {
   private readonly kafka: Kafka
   private consumer?: Consumer
-  private producer?: Producer
+  private producer?: Promise<Producer>
   /** Moves on at every rebalance: a claim made in an older epoch is void. */
   private epoch = 0
   private ownsPartition0 = false
@@ -193,8 +194,7 @@ export class KafkaLeadership extends Base implements Leadership {
     } finally {
       await admin.disconnect()
     }
-    this.producer = this.kafka.producer({ allowAutoTopicCreation: false })
-    await this.producer.connect()
+    await this.connectedProducer()
     const consumer = this.kafka.consumer({
       groupId: `${this.options.groupId}.leader`,
       sessionTimeout: this.sessionTimeoutMs,
@@ -220,7 +220,9 @@ export class KafkaLeadership extends Base implements Leadership {
     })
     await consumer.connect()
     await consumer.subscribe({ topics: [this.options.topic], fromBeginning: true })
-    await consumer.run({
+    // Not awaited: run() waits for the first join, which waits out a dead member's session; the instance serves
+    // meanwhile as a follower.
+    void consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
       eachBatch: async ({ batch, resolveOffset, heartbeat, isRunning, isStale }) => {
@@ -251,7 +253,7 @@ export class KafkaLeadership extends Base implements Leadership {
           await this.renew(epoch)
         }
       },
-    })
+    }).catch((err) => this.log.error({ err: String(err) }, 'leadership consumer failed to start'))
     this.timer = setInterval(() => {
       if (this.leader) {
         if (!this.isLeader()) return
@@ -318,9 +320,19 @@ export class KafkaLeadership extends Base implements Leadership {
     return this.set(false, why)
   }
 
+  /** Connected on first use: a follower's API may audit a call before start() has run. */
+  private connectedProducer(): Promise<Producer> {
+    return (this.producer ??= (async () => {
+      const producer = this.kafka.producer({ allowAutoTopicCreation: false })
+      await producer.connect()
+      return producer
+    })())
+  }
+
   async toLeader(request: ControlRequest): Promise<void> {
     const message = this.message(request)
-    await this.producer!.send({ topic: this.options.topic, acks: -1, messages: [{ partition: 0, key: message.from, value: JSON.stringify(message) }] })
+    const producer = await this.connectedProducer()
+    await producer.send({ topic: this.options.topic, acks: -1, messages: [{ partition: 0, key: message.from, value: JSON.stringify(message) }] })
   }
 
   async stop(): Promise<void> {
@@ -329,7 +341,7 @@ export class KafkaLeadership extends Base implements Leadership {
     this.lose('stopping')
     await this.settled()
     await this.consumer?.disconnect().catch(() => undefined)
-    await this.producer?.disconnect().catch(() => undefined)
+    await (await this.producer?.catch(() => undefined))?.disconnect().catch(() => undefined)
   }
 
   /** Tests of several instances in one process: stops like a killed one, with no step-down work (it leaves the group). */
@@ -339,7 +351,7 @@ export class KafkaLeadership extends Base implements Leadership {
     this.leader = false
     this.epoch++
     await this.consumer?.disconnect().catch(() => undefined)
-    await this.producer?.disconnect().catch(() => undefined)
+    await (await this.producer?.catch(() => undefined))?.disconnect().catch(() => undefined)
   }
 }
 

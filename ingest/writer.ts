@@ -187,9 +187,12 @@ export class EventWriter {
           rows = waiters.flatMap((w) => w.rows)
         }
         if (state.fences !== fencesAtLookup) {
+          // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
+          const claimedLater = new Set([...state.unsettled].filter((id) => !everUnsettled.has(id)))
           const existing = await this.withRetries(() => this.storedIds(rows))
           fresh.clear()
-          for (const row of rows) if (!existing.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
+          for (const row of rows) if (!existing.has(row.eventId) && !claimedLater.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
+          for (const id of fresh.keys()) state.unsettled.add(id), everUnsettled.add(id)
         }
         // ---- end fencing ----
         if (fresh.size > 0) {
