@@ -67,6 +67,9 @@ export class Outbox {
 
   /** Picks up what a previous run left undelivered, in order. */
   async start(): Promise<number> {
+    // Started again after a stop (a leader re-elected, issue 16): the table is the truth, not what was queued before.
+    this.stopped = false
+    this.queues.clear()
     const pending = await queryRows<OutboxAlert>(this.client, `${SELECT} FROM (SELECT * FROM alert_outbox FINAL WHERE status = 'pending') ORDER BY created_at, alert_id`)
     // A restart is a fresh try: a backoff that grew during a long outage does not carry over.
     const due = chTime(this.now())

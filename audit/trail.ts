@@ -72,6 +72,16 @@ export interface AuditTrailOptions {
   signingKey?: () => KeyObject
   /** How long after an append the head is signed; appends in between share one checkpoint. */
   checkpointEveryMs?: number
+  /** Several instances (issue 16): appends and checkpoints go only while this says the process is the one writer. */
+  writerFence?: () => boolean
+}
+
+/** Several instances (issue 16): this process is not the chain's writer (any more); the entries were not appended. */
+export class NotChainWriterError extends Error {
+  constructor() {
+    super('not the audit chain writer (another instance leads)')
+    this.name = 'NotChainWriterError'
+  }
 }
 
 /** The hash of a record: over every field but the hash itself, in a fixed order, chained to the previous hash. */
@@ -99,6 +109,7 @@ export class AuditTrail implements AuditLog {
   private head?: { seq: number; hash: string }
   /** Entries waiting for the next append; each append writes all that waited, chained in order, in one insert. */
   private pending: { entry: AuditEntry; at: number; resolve: () => void; reject: (err: unknown) => void }[] = []
+  private readonly fenced = () => this.options.writerFence !== undefined && !this.options.writerFence()
   private appending = false
   private lastSignedSeq?: number
   private checkpointTimer?: NodeJS.Timeout
@@ -110,9 +121,9 @@ export class AuditTrail implements AuditLog {
     private readonly options: AuditTrailOptions = {},
   ) {}
 
-  record(entry: AuditEntry): Promise<void> {
+  record(entry: AuditEntry, at: number = this.now()): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      this.pending.push({ entry, at: this.now(), resolve, reject })
+      this.pending.push({ entry, at, resolve, reject })
       if (!this.appending) void this.append()
     })
   }
@@ -122,6 +133,7 @@ export class AuditTrail implements AuditLog {
     while (this.pending.length) {
       const batch = this.pending.splice(0)
       try {
+        if (this.fenced()) throw new NotChainWriterError()
         this.head ??= await this.readHead()
         let { seq, hash } = this.head
         const records = batch.map(({ entry, at }) => {
@@ -139,6 +151,7 @@ export class AuditTrail implements AuditLog {
           hash = recordHash(base)
           return { ...base, hash }
         })
+        if (this.fenced()) throw new NotChainWriterError()
         await this.client.insert({ table: 'audit_trail', format: 'JSONEachRow', values: records })
         this.head = { seq, hash }
         for (const b of batch) b.resolve()
@@ -179,7 +192,7 @@ export class AuditTrail implements AuditLog {
 
   private async writeCheckpoint(): Promise<void> {
     const head = this.head
-    if (!head || head.seq === 0) return
+    if (!head || head.seq === 0 || this.fenced()) return
     this.lastSignedSeq ??= await this.readLastSignedSeq()
     if (head.seq <= this.lastSignedSeq) return
     const key = this.options.signingKey!()
@@ -294,6 +307,12 @@ export class AuditTrail implements AuditLog {
   private async readLastSignedSeq(): Promise<number> {
     const [row] = await queryRows<{ seq: number }>(this.client, 'SELECT max(seq) AS seq FROM audit_checkpoints')
     return Number(row?.seq ?? 0)
+  }
+
+  /** Several instances (issue 16): forget the cached head, read again before the next append (a new leader's first). */
+  resync(): void {
+    this.head = undefined
+    this.lastSignedSeq = undefined
   }
 
   /** The current head (seq, hash), for anchoring the chain outside ClickHouse (export manifests). */

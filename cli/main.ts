@@ -10,6 +10,7 @@ import { DataDirLockedError, openStorage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
 import { EXIT_CODE_OF_KIND, KeywatchError } from '../core/errors.ts'
 import { startKafkaIngest, type KafkaIngest } from '../ingest/kafka-ingest.ts'
+import { leadershipFor } from '../cluster/leadership.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
 import { config, dataDirOf, ExitError, instanceHeaders, openForCommand, runningInstance } from './context.ts'
 import { announceInstance } from './instance.ts'
@@ -25,7 +26,8 @@ import type { Metrics } from '../api/metrics.ts'
 async function start(): Promise<void> {
   const cfg = config()
   const log = createLogger(cfg)
-  const rt = await openRuntime(cfg, log)
+  // Several instances elect one leader for the singletons; without Kafka this one is its own leader (issue 16).
+  const rt = await openRuntime(cfg, log, { leadership: leadershipFor(cfg.kafka, log) })
   // The command line on this machine reaches the instance with a token only its data directory holds.
   const cliToken = cfg.clickhouse.mode === 'embedded' ? randomBytes(32).toString('base64url') : undefined
   const metricsPort = cfg.http.metricsPort
@@ -37,7 +39,10 @@ async function start(): Promise<void> {
   const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString(), cliToken }) : () => {}
   let kafka: KafkaIngest | undefined
   try {
-    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag)) : undefined
+    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag), {
+          // One process owns an embedded engine: no other instance can have an insert on the wire (issue 16).
+          handoverMs: cfg.clickhouse.mode === 'embedded' ? 0 : cfg.ingest.handoverMs,
+        }) : undefined
   } catch (err) {
     release()
     throw err

@@ -33,6 +33,8 @@ import { SecretIndex } from '../response/secret-index.ts'
 import type { Row } from '../ingest/rows.ts'
 import type { KeyChange } from '../alerts/messages.ts'
 import { KeyServiceClient } from '../response/key-service.ts'
+import type { Leadership } from '../cluster/leadership.ts'
+import { ClusterAuditTrail } from '../cluster/audit.ts'
 import { HttpCommandSender, KafkaCommandSender, NoCommandSender, type CommandSender } from '../response/senders.ts'
 
 export interface Runtime {
@@ -57,6 +59,8 @@ export interface Runtime {
   /** The Ed25519 key that signs export manifests (read, or made, on first use). */
   exportSigningKey: () => KeyObject
   version: string
+  /** Several instances (issue 16): who leads the singletons; undefined for one-shot commands (they write directly). */
+  leadership?: Leadership
   /** Starts what only a running keywatch does: detector schedules, automatic response and its watch. */
   startServices(): Promise<void>
   /** Records findings raised outside a detector run (keywatch itself, a person, a test) and tells the listeners. */
@@ -80,7 +84,13 @@ export function createLogger(config: Config): Logger {
   return pino(options, pinoPretty({ destination: 2, colorize: process.stderr.isTTY, ignore: 'pid,hostname,service', translateTime: 'SYS:HH:MM:ss.l', singleLine: true }))
 }
 
-export async function openRuntime(config: Config, log: Logger): Promise<Runtime> {
+export interface RuntimeOptions {
+  /** `keywatch start`: the singletons below run only while this instance leads (cluster/leadership.ts). */
+  leadership?: Leadership
+}
+
+export async function openRuntime(config: Config, log: Logger, options: RuntimeOptions = {}): Promise<Runtime> {
+  const { leadership } = options
   const storage = await openStorage(config.clickhouse)
   try {
     const result = await migrate(storage.client, undefined, { cluster: config.clickhouse.mode === 'server' ? config.clickhouse.cluster : undefined })
@@ -160,7 +170,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   // The export signing key also signs the audit trail's checkpoints: a rewrite inside ClickHouse cannot forge them.
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
-  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  // With a leadership, the chain has one writer: the leader (a follower's entries are forwarded to it).
+  const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, { signingKey: signer }) : new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  const leads = () => !leadership || leadership.isLeader()
   const alerts = new AlertService(storage.client, config.alerts, log)
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
@@ -188,6 +200,8 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   let freshSince = 0
   pipeline.onStored((type) => {
     if (type !== 'leak.reported') return
+    // A follower tells the leader, which runs the leak detector at once (issue 16).
+    if (!leads()) return void leadership!.toLeader({ kind: 'leak.stored' }).catch((err) => log.error({ err: String(err) }, 'could not tell the leader about a leak report'))
     const since = freshSince
     freshSince = Date.now()
     void detection
@@ -215,19 +229,18 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     exportSigningKey: signer,
     version: VERSION,
     raise,
+    leadership,
     onFindings: (listener) => void findingsListeners.push(listener),
     async startServices() {
       if (started) return
       started = true
       await secrets.load(storage.client)
       response.useIndex(secrets)
-      await response.start()
-      deciding = true
-      await alerts.start()
-      alerts.scheduleDigests()
       for (const p of custom.problems) metrics.detectorFileProblem(p.file, p.kind)
       // The response decides first (a leaked key waits for nothing), then the alert says what was done.
+      // Only the leader decides and alerts (issue 16): a follower records findings (the API's runs) and no more.
       findingsListeners.push(async (recorded) => {
+        if (!leads()) return
         const actions = await response.onFindings(recorded)
         // Then the incident, so a later finding of one is posted in its Slack thread.
         const incidentOf = await groupIntoIncidents(recorded)
@@ -237,9 +250,9 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
         }
         await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id), incident: incidentOf.get(r.finding.finding_id) })))
       })
-      findings.onStatusChange((f) => void alerts.onFindingChanged(f).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
+      findings.onStatusChange((f) => void (leads() ? alerts.onFindingChanged(f) : Promise.resolve()).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
       response.onAction((a) => {
-        if (!alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
+        if (!leads() || !alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
         void findings
           .list({ finding_id: a.finding_id, limit: 1 })
           .then(([f]) => f && alerts.onFindingChanged(f, { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }))
@@ -247,31 +260,73 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
       })
       // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
       pipeline.onStored((type) => {
-        if (type === 'key.lifecycle') void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
+        if (type === 'key.lifecycle' && leads()) void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
       })
-      detection.schedule()
-      // Files skipped at load are findings too (once the alerts listen), so a broken rule does not go unnoticed.
-      if (custom.problems.length) {
-        const byFile = new Map<string, LoadProblem[]>()
-        for (const p of custom.problems) byFile.set(p.file, [...(byFile.get(p.file) ?? []), p])
-        void raise(
-          [...byFile].map(([file, problems]) => ({
-            detector: 'detector.custom_invalid',
-            severity: 'medium' as const,
-            account_id: '',
-            title: `Custom detector file ${file} skipped: ${problems[0]!.field}: ${problems[0]!.message}`.slice(0, 300),
-            evidence: { file, problems: problems.map((p) => `${p.field}: ${p.message}`), refused: problems.some((p) => p.kind === 'refused') },
-            dedupKey: `detector.custom_invalid:${file}`,
-          })),
-          new Date(),
-        ).catch((err) => log.error({ err: String(err) }, 'could not record the custom detector problems'))
+      // ---- the singletons: on the leader only (issue 16); without a leadership this process leads ----
+      let refreshSecrets: NodeJS.Timeout | undefined
+      const startSingletons = async () => {
+        if (audit instanceof ClusterAuditTrail) audit.resync() // the previous leader may have appended since
+        await response.start()
+        // In the background: a key service that is down must not hold up the alerts and the schedules.
+        void response.resumeRequested().catch((err) => log.error({ err: String(err) }, 'could not resume the requested actions'))
+        // Other instances consume other partitions of the lifecycle topic: the leader's index of current secrets
+        // also reads what they stored, every few seconds, so a reset they saw is not decided on with the old secret.
+        if (leadership) {
+          await secrets.load(storage.client)
+          refreshSecrets = setInterval(() => void secrets.load(storage.client).catch((err) => log.error({ err: String(err) }, 'could not refresh the secret index')), 5_000)
+          refreshSecrets.unref()
+        }
+        deciding = true
+        await alerts.start()
+        alerts.scheduleDigests()
+        detection.schedule()
+        // Files skipped at load are findings too (once the alerts listen), so a broken rule does not go unnoticed.
+        if (custom.problems.length) {
+          const byFile = new Map<string, LoadProblem[]>()
+          for (const p of custom.problems) byFile.set(p.file, [...(byFile.get(p.file) ?? []), p])
+          void raise(
+            [...byFile].map(([file, problems]) => ({
+              detector: 'detector.custom_invalid',
+              severity: 'medium' as const,
+              account_id: '',
+              title: `Custom detector file ${file} skipped: ${problems[0]!.field}: ${problems[0]!.message}`.slice(0, 300),
+              evidence: { file, problems: problems.map((p) => `${p.field}: ${p.message}`), refused: problems.some((p) => p.kind === 'refused') },
+              dedupKey: `detector.custom_invalid:${file}`,
+            })),
+            new Date(),
+          ).catch((err) => log.error({ err: String(err) }, 'could not record the custom detector problems'))
+        }
+        if (config.exports.scheduled) {
+          stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
+        }
       }
-      if (config.exports.scheduled) {
-        stopExports = scheduleExports({ storage, dir: config.exports.dir, format: config.exports.scheduledFormat, signingKey: signer, version: VERSION, log })
+      const stopSingletons = async () => {
+        deciding = false
+        clearInterval(refreshSecrets)
+        await detection.stop()
+        await stopExports?.()
+        stopExports = undefined
+        await response.stop()
+        await alerts.stop()
       }
+      if (!leadership) return startSingletons()
+      leadership.onControl(async (messages) => {
+        if (audit instanceof ClusterAuditTrail) await audit.appendForwarded(messages)
+        const leak = messages.filter((m) => m.kind === 'leak.stored')
+        if (leak.length) {
+          const since = Math.min(...leak.map((m) => m.at)) - 10_000 // the follower stored the report before telling
+          await detection.runFresh('leak.public_report', { received_after_ms: Math.max(0, since) })
+        }
+      })
+      leadership.onChange((leader) => (leader ? startSingletons() : stopSingletons()))
+      await leadership.start()
     },
     async close() {
       await writer.drain()
+      if (leadership) {
+        await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
+        await leadership.stop() // steps down: the singletons stop below
+      }
       await detection.stop()
       await stopExports?.()
       await response.stop()

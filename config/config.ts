@@ -48,10 +48,12 @@ const envSchema = z.object({
   KAFKA_TOPIC_LEAKS: topic.default('security.leaks'),
   KAFKA_TOPIC_COMMANDS: topic.default('apikey.commands'),
   KAFKA_TOPIC_DEAD_LETTER: topic.default('keywatch.deadletter'),
+  KAFKA_TOPIC_CONTROL: topic.default('keywatch.control'),
 
   INGEST_BATCH_MAX_ROWS: positiveInt.default(100_000),
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
+  INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
 
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
@@ -100,9 +102,12 @@ export interface Config {
     clientId: string
     groupId: string
     topics: Topics
+    /** Single-partition topic whose partition 0's owner (in group `<groupId>.leader`) is the leader (cluster/leadership.ts). */
+    controlTopic: string
   }
   topics: Topics
-  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number }
+  /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
   http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number }
   /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
@@ -173,12 +178,13 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     clickhouse: e.CLICKHOUSE_URL
       ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE, cluster: e.CLICKHOUSE_CLUSTER }
       : { mode: 'embedded', dataDir: resolve(e.KEYWATCH_DATA_DIR), database: e.CLICKHOUSE_DATABASE },
-    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics } : undefined,
+    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics, controlTopic: e.KAFKA_TOPIC_CONTROL } : undefined,
     topics,
     ingest: {
       batchMaxRows: e.INGEST_BATCH_MAX_ROWS,
       batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
+      handoverMs: e.INGEST_HANDOVER_MS,
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
     response: responseConfig(e),

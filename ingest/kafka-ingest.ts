@@ -9,6 +9,8 @@ import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } fro
 export interface KafkaIngest {
   stats(): IngestSummary & { batches: number; deadLettered: number }
   stop(): Promise<void>
+  /** Tests of several instances in one process (issue 16): stops like a SIGKILL, committing nothing more. */
+  abort(): Promise<void>
 }
 
 const EMPTY = Buffer.alloc(0)
@@ -20,6 +22,11 @@ export async function startKafkaIngest(
   log: Logger,
   /** Told each partition's lag as its batches arrive (metrics). */
   onLag?: (topic: string, partition: number, lag: number) => void,
+  /**
+   * Fencing (issue 16): how long a newly assigned partition waits for its previous owner's inserts on the wire (0 on
+   * the embedded engine, which one process owns); `unfenced` for the fault suite's negative control only.
+   */
+  fencing: { handoverMs?: number; unfenced?: boolean } = {},
 ): Promise<KafkaIngest> {
   const settings = { brokers: kafka.brokers, clientId: kafka.clientId }
   const t = kafka.topics
@@ -39,6 +46,8 @@ export async function startKafkaIngest(
       topics: Object.keys(typeOfTopic),
       maxPendingPerPartition: ingest.maxInflightBatches,
       partitionsConsumedConcurrently: 3,
+      unfenced: fencing.unfenced,
+      handoverMs: fencing.handoverMs,
     },
     log,
   )
@@ -49,7 +58,7 @@ export async function startKafkaIngest(
       raw: m.value ?? EMPTY,
       origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
     }))
-    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic])
+    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic], batch.owned)
     await deadLetters.send(
       kafka.topics.deadLetter,
       rejections.map((r) => ({
@@ -73,6 +82,10 @@ export async function startKafkaIngest(
 
   return {
     stats: () => ({ ...totals, rejectedByReason: { ...totals.rejectedByReason } }),
+    async abort() {
+      await consumer.abort()
+      await deadLetters.disconnect().catch(() => undefined)
+    },
     async stop() {
       await consumer.stop()
       await deadLetters.disconnect()

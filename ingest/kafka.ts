@@ -15,6 +15,8 @@ export interface PartitionBatch {
   nextOffset: string
   /** Messages of the partition after this batch, when it was fetched: the consumer's lag. */
   lag: number
+  /** Fencing (issue 16): true while this member still owns the partition in the generation the batch came from. */
+  owned?: () => boolean
 }
 
 export interface OutboundRecord {
@@ -68,6 +70,19 @@ export interface ConsumerOptions {
   /** Partition batches handed over but not yet committed, per partition. */
   maxPendingPerPartition: number
   partitionsConsumedConcurrently: number
+  /** Fencing (issue 16): how long a partition newly assigned here waits for its previous owner's inserts on the wire. */
+  handoverMs?: number
+  sessionTimeoutMs?: number
+  /** The fault suite's negative control only: no fencing, to show what it prevents. */
+  unfenced?: boolean
+}
+
+/** Fencing (issue 16): a batch whose partition this member no longer owns; not a failure, the new owner writes it. */
+export class FencedBatchError extends Error {
+  constructor(message = 'partition handed over to another member; batch not written') {
+    super(message)
+    this.name = 'FencedBatchError'
+  }
 }
 
 /**
@@ -83,6 +98,15 @@ export class KafkaBatchConsumer {
   private failed = false
   private stopping = false
   private restarting?: Promise<void>
+  // ---- fencing (issue 16) ----
+  // The epoch moves on at every rebalance (and crash, abort): a batch is owned while its epoch is current and the
+  // group has heard from us within the session timeout (a member frozen longer has been replaced).
+  private epoch = 0
+  private lastHeartbeat = Date.now()
+  private aborted = false
+  private assigned = new Set<string>()
+  private readonly handoverUntil = new Map<string, number>()
+  // ---- end fencing ----
 
   constructor(
     private readonly settings: KafkaSettings,
@@ -96,7 +120,7 @@ export class KafkaBatchConsumer {
       maxBytesPerPartition: 4 * 1024 * 1024,
       maxBytes: 32 * 1024 * 1024,
       maxWaitTimeInMs: 100,
-      sessionTimeout: 30_000,
+      sessionTimeout: this.options.sessionTimeoutMs ?? 30_000,
       heartbeatInterval: 3_000,
       allowAutoTopicCreation: true,
     })
@@ -104,8 +128,22 @@ export class KafkaBatchConsumer {
     await consumer.connect()
     await consumer.subscribe({ topics: this.options.topics, fromBeginning: true })
     consumer.on(consumer.events.CRASH, ({ payload }) => {
+      this.epoch++ // fencing (issue 16)
       this.log.error({ err: String(payload.error), restart: payload.restart }, 'kafka consumer crashed')
     })
+    // ---- fencing (issue 16) ----
+    consumer.on(consumer.events.REBALANCING, () => void this.epoch++)
+    consumer.on(consumer.events.HEARTBEAT, () => void (this.lastHeartbeat = Date.now()))
+    consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+      this.epoch++
+      this.lastHeartbeat = Date.now()
+      this.chains.clear() // batches of earlier epochs are fenced; their chains no longer matter
+      const now = new Set(Object.entries(payload.memberAssignment).flatMap(([t, ps]) => ps.map((p) => `${t}/${p}`)))
+      // A partition that was not ours: its previous owner may still have an insert on the wire. Wait that out.
+      for (const k of now) if (!this.assigned.has(k)) this.handoverUntil.set(k, Date.now() + (this.options.unfenced ? 0 : (this.options.handoverMs ?? 3_000)))
+      this.assigned = now
+    })
+    // ---- end fencing ----
     await consumer.run({
       autoCommit: false,
       // Offsets are resolved by hand: a batch returned from unhandled (stale after a rebalance, stopping, failed)
@@ -115,6 +153,15 @@ export class KafkaBatchConsumer {
       eachBatch: async ({ batch, isRunning, isStale, heartbeat, resolveOffset }) => {
         if (this.failed || this.stopping || !isRunning() || isStale()) return
         const key = `${batch.topic}/${batch.partition}`
+        // ---- fencing (issue 16) ----
+        const epoch = this.epoch
+        const owned = () => !this.aborted && (this.options.unfenced || (this.epoch === epoch && Date.now() - this.lastHeartbeat < (this.options.sessionTimeoutMs ?? 30_000) - 5_000))
+        while (Date.now() < (this.handoverUntil.get(key) ?? 0) && owned() && isRunning()) {
+          await new Promise((r) => setTimeout(r, 100))
+          await heartbeat()
+        }
+        const chainKey = `${key}#${epoch}`
+        // ---- end fencing ----
         const queue = this.pending.get(key) ?? []
         this.pending.set(key, queue)
         while (queue.length >= this.options.maxPendingPerPartition) {
@@ -124,14 +171,20 @@ export class KafkaBatchConsumer {
         if (this.failed || this.stopping || !isRunning() || isStale()) return
         const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
         const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(nextOffset)))
-        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag })
-        const chain = Promise.all([this.chains.get(key), work]).then(() => {
+        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag, owned })
+        const chain = Promise.all([this.chains.get(chainKey), work]).then(() => {
+          if (!owned()) throw new FencedBatchError() // fencing (issue 16): the new owner commits
           if (this.failed) throw new Error('an earlier batch failed; not committing past it')
           return consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
         })
-        this.chains.set(key, chain)
+        this.chains.set(chainKey, chain)
         const done: Promise<void> = chain
           .catch((err) => {
+            // fencing (issue 16): written by (or left to) the partition's new owner; nothing to restart
+            if (err instanceof FencedBatchError || (err as Error)?.name === 'FencedBatchError' || !owned()) {
+              this.log.info({ topic: batch.topic, partition: batch.partition }, 'batch fenced: its partition was handed over')
+              return
+            }
             this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; restarting from the last commit')
             this.failed = true
             this.restarting ??= this.restart(handle)
@@ -168,6 +221,17 @@ export class KafkaBatchConsumer {
     while ([...this.pending.values()].some((q) => q.length)) {
       await Promise.allSettled([...this.pending.values()].flat())
     }
+  }
+
+  /**
+   * Fencing (issue 16), for tests of several instances in one process: stops like a killed process would, writing
+   * and committing nothing more (inserts already sent to the engine finish, as they would on a server).
+   */
+  async abort(): Promise<void> {
+    this.aborted = true
+    this.stopping = true
+    this.epoch++
+    await this.consumer?.disconnect().catch(() => undefined)
   }
 
   /** Stops fetching, waits until everything handed over is stored and committed, then leaves the group. */

@@ -92,7 +92,7 @@ export class IngestPipeline {
    * Ingests a batch of messages. Resolves when every valid one is stored and every rejection recorded;
    * rejects (storing nothing more) when storage fails, so the caller must not acknowledge the batch.
    */
-  async ingest(messages: InboundMessage[], expectedType?: InboundType): Promise<{ summary: IngestSummary; rejections: Rejection[] }> {
+  async ingest(messages: InboundMessage[], expectedType?: InboundType, owned?: () => boolean): Promise<{ summary: IngestSummary; rejections: Rejection[] }> {
     const now = this.now()
     const byTable = new Map<TableName, Row[]>()
     const typeOfTable = new Map<TableName, InboundType>()
@@ -111,7 +111,7 @@ export class IngestPipeline {
     }
     const tables = [...byTable.keys()]
     for (const table of tables) for (const listener of this.decodedListeners) listener(table, byTable.get(table)!)
-    const writes: Promise<WriteResult>[] = tables.map((table) => this.writer.write(table, byTable.get(table)!))
+    const writes: Promise<WriteResult>[] = tables.map((table) => this.writer.write(table, byTable.get(table)!, owned))
     const [results] = await Promise.all([Promise.all(writes), this.recordRejections(rejections)])
     results.forEach((r, i) => {
       if (r.stored > 0) for (const listener of this.listeners) listener(typeOfTable.get(tables[i]!)!, r.stored)

@@ -38,6 +38,8 @@ export class StorageWriteError extends Error {
 
 interface Waiter {
   rows: Row[]
+  /** Fencing (issue 16): false once the rows' source (a Kafka partition) belongs to another instance. */
+  owned?: () => boolean
   resolve: (r: WriteResult) => void
   reject: (e: unknown) => void
 }
@@ -68,6 +70,16 @@ interface TableState {
   lastInsert: Promise<void>
   /** Ids of batches handed to ClickHouse but not yet acknowledged. */
   unsettled: Set<string>
+  /** Fencing (issue 16): how many batches had rows fenced; a batch looked up before a fence looks up again. */
+  fences: number
+}
+
+/** Fencing (issue 16): rows not written because their partition was handed over (the new owner writes them). */
+export class FencedWriteError extends Error {
+  constructor() {
+    super('partition handed over to another instance; rows not written here')
+    this.name = 'FencedBatchError'
+  }
 }
 
 export class EventWriter {
@@ -83,10 +95,10 @@ export class EventWriter {
   }
 
   /** Queues rows of one table; resolves once they are stored (or found already stored). */
-  write(table: TableName, rows: Row[]): Promise<WriteResult> {
+  write(table: TableName, rows: Row[], owned?: () => boolean): Promise<WriteResult> {
     if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0 })
     const state = this.state(table)
-    const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, resolve, reject }))
+    const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, owned, resolve, reject }))
     state.rows += rows.length
     if (state.rows >= this.options.maxRows) this.flush(table)
     // Group commit: an idle table lingers briefly for more rows; a busy one sends what piled up once its current
@@ -103,7 +115,7 @@ export class EventWriter {
 
   private state(table: TableName): TableState {
     let state = this.tables.get(table)
-    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(), unsettled: new Set() }))
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(), unsettled: new Set(), fences: 0 }))
     return state
   }
 
@@ -125,10 +137,13 @@ export class EventWriter {
    * those batches fails, this one fails too, so nothing is skipped on the strength of an insert that did not land.
    */
   private async insertBatch(table: TableName, state: TableState, waiters: Waiter[]): Promise<void> {
+    const all = waiters
     const previous = state.lastInsert
     const previousLookup = state.lastLookup
-    const rows = waiters.flatMap((w) => w.rows)
+    let rows = waiters.flatMap((w) => w.rows)
     const fresh = new Map<string, Row>()
+    const fencesAtLookup = state.fences // fencing (issue 16)
+    const everUnsettled = new Set<string>()
     let markInserted!: () => void
     let markFailed!: (err: unknown) => void
     const inserted = new Promise<void>((resolve, reject) => ((markInserted = resolve), (markFailed = reject)))
@@ -150,7 +165,7 @@ export class EventWriter {
         for (const row of rows) {
           if (!existing.has(row.eventId) && !ahead.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
         }
-        for (const id of fresh.keys()) state.unsettled.add(id)
+        for (const id of fresh.keys()) state.unsettled.add(id), everUnsettled.add(id)
       } finally {
         release()
         markLookedUp()
@@ -160,13 +175,36 @@ export class EventWriter {
       await previous
       const release2 = await this.limiter.acquire()
       try {
+        // ---- fencing (issue 16) ----
+        // Rows of a partition handed over are not written here: the new owner writes them. A batch that looked up
+        // while an earlier one still counted fenced rows as in flight looks up again, so none is skipped on their
+        // strength.
+        const fenced = waiters.filter((w) => w.owned && !w.owned())
+        if (fenced.length) {
+          state.fences++
+          for (const w of fenced) w.reject(new FencedWriteError())
+          waiters = waiters.filter((w) => !fenced.includes(w))
+          rows = waiters.flatMap((w) => w.rows)
+        }
+        if (state.fences !== fencesAtLookup) {
+          // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
+          const claimedLater = new Set([...state.unsettled].filter((id) => !everUnsettled.has(id)))
+          const existing = await this.withRetries(() => this.storedIds(rows))
+          fresh.clear()
+          for (const row of rows) if (!existing.has(row.eventId) && !claimedLater.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
+          for (const id of fresh.keys()) state.unsettled.add(id), everUnsettled.add(id)
+        }
+        // ---- end fencing ----
         if (fresh.size > 0) {
           const values = [...fresh.values()].map((r) => r.values)
           // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
           const token = createHash('sha256').update([...fresh.keys()].join(',')).digest('hex')
-          await this.withRetries(() =>
-            this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 }),
-          )
+          let attempt = 0
+          await this.withRetries(() => {
+            // fencing (issue 16): a retry goes only while every partition of the batch is still ours
+            if (attempt++ > 0 && waiters.some((w) => w.owned && !w.owned())) throw new FencedWriteError()
+            return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
+          })
         }
       } finally {
         release2()
@@ -174,10 +212,10 @@ export class EventWriter {
       markInserted()
     } catch (err) {
       markFailed(err)
-      for (const w of waiters) w.reject(err)
+      for (const w of all) w.reject(err) // (a fenced waiter was rejected already: no effect)
       return
     } finally {
-      for (const id of fresh.keys()) state.unsettled.delete(id)
+      for (const id of everUnsettled) state.unsettled.delete(id)
     }
     // Attribute stored vs duplicate rows to each caller.
     const claimed = new Set<string>()

@@ -235,6 +235,19 @@ export class ResponseEngine {
     if (this.fastTimings.length > 10_000) this.fastTimings.splice(0, 5_000)
   }
 
+  /**
+   * Several instances (issue 16): automatic actions a previous leader saved as requested over HTTP but may not have
+   * sent (it died mid-revoke) are sent now, with their own command id: the key service's Idempotency-Key makes a
+   * repeat of one that did go out the same revoke. Never decided again (the finding already has its action).
+   */
+  async resumeRequested(): Promise<Action[]> {
+    const open = (await this.deps.actions.withStatus(['requested'], new Date(this.now() - 24 * HOUR_MS))).filter(
+      (a) => a.requested_by.startsWith('auto:') && a.transport === 'http' && this.deps.sender.transport === 'http',
+    )
+    for (const a of open) this.decided.add(a.finding_id)
+    return Promise.all(open.map((a) => this.send(a)))
+  }
+
   stop(): Promise<unknown> {
     clearInterval(this.watchTimer)
     clearInterval(this.approvalTimer)
