@@ -36,7 +36,7 @@ async function start(): Promise<void> {
   const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString(), cliToken }) : () => {}
   let kafka: KafkaIngest | undefined
   try {
-    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag)) : undefined
+    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, rt.metrics.kafkaProgress) : undefined
   } catch (err) {
     release()
     throw err

@@ -3,7 +3,7 @@
 // topic and in ingest_errors.
 import type { Config } from '../config/config.ts'
 import type { InboundType } from '../contract/events.ts'
-import { KafkaBatchConsumer, KafkaProducer, type Logger } from './kafka.ts'
+import { KafkaBatchConsumer, KafkaProducer, type ConsumerProgress, type Logger } from './kafka.ts'
 import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } from './pipeline.ts'
 
 export interface KafkaIngest {
@@ -18,8 +18,8 @@ export async function startKafkaIngest(
   ingest: Config['ingest'],
   pipeline: IngestPipeline,
   log: Logger,
-  /** Told each partition's lag as its batches arrive (metrics). */
-  onLag?: (topic: string, partition: number, lag: number) => void,
+  /** Told where each partition stands: fetched, committed, assigned (metrics). */
+  progress?: ConsumerProgress,
 ): Promise<KafkaIngest> {
   const settings = { brokers: kafka.brokers, clientId: kafka.clientId }
   const t = kafka.topics
@@ -39,16 +39,19 @@ export async function startKafkaIngest(
       topics: Object.keys(typeOfTopic),
       maxPendingPerPartition: ingest.maxInflightBatches,
       partitionsConsumedConcurrently: 3,
+      sessionTimeoutMs: kafka.sessionTimeoutMs,
     },
     log,
+    progress,
   )
 
   await consumer.start(async (batch) => {
-    onLag?.(batch.topic, batch.partition, batch.lag)
     const messages = batch.messages.map((m) => ({
       raw: m.value ?? EMPTY,
       origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
     }))
+    // Rejections, the engine's refusals (storage_rejected) among them, go to the dead-letter topic; conflicting
+    // duplicates are kept in ingest_errors only (their first version is stored).
     const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic])
     await deadLetters.send(
       kafka.topics.deadLetter,
@@ -57,7 +60,8 @@ export async function startKafkaIngest(
         value: Buffer.from(r.message.raw.buffer, r.message.raw.byteOffset, r.message.raw.byteLength),
         headers: {
           reason: r.reason,
-          detail: r.detail,
+          // A header is one line of bounded size (an engine message can be long).
+          detail: r.detail.replace(/\s+/g, ' ').slice(0, 1000),
           'source-topic': batch.topic,
           'source-partition': String(batch.partition),
           'source-offset': r.message.origin.offset ?? '',

@@ -68,6 +68,27 @@ export interface ConsumerOptions {
   /** Partition batches handed over but not yet committed, per partition. */
   maxPendingPerPartition: number
   partitionsConsumedConcurrently: number
+  /**
+   * How long the group waits for a member that stopped heartbeating (a crashed instance) before its partitions move:
+   * what a SIGKILL costs a restarted instance. kafkajs has no static membership, so this is the lever (the broker's
+   * group.min.session.timeout.ms, 6 s by default, is the floor). A clean stop leaves the group at once.
+   */
+  sessionTimeoutMs?: number
+}
+
+/** Where each partition stands, for /metrics: told at every fetch, commit and assignment. */
+export interface ConsumerProgress {
+  fetched(topic: string, partition: number, p: { highWatermark: string; firstOffset: string }): void
+  committed(topic: string, partition: number, offset: string): void
+  assigned(assignment: Record<string, number[]>): void
+}
+
+/** The rows of a batch are stored; committing its offset failed (e.g. a rebalance made the generation stale). */
+class CommitFailedError extends Error {
+  constructor(readonly offset: string, options: ErrorOptions) {
+    super(`offset commit failed: ${String((options.cause as Error)?.message ?? options.cause)}`, options)
+    this.name = 'CommitFailedError'
+  }
 }
 
 /**
@@ -83,11 +104,14 @@ export class KafkaBatchConsumer {
   private failed = false
   private stopping = false
   private restarting?: Promise<void>
+  /** Per partition, the store failure last logged at error level: the same one again is not logged again. */
+  private readonly failing = new Map<string, string>()
 
   constructor(
     private readonly settings: KafkaSettings,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
+    private readonly progress?: ConsumerProgress,
   ) {}
 
   async start(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
@@ -96,11 +120,12 @@ export class KafkaBatchConsumer {
       maxBytesPerPartition: 4 * 1024 * 1024,
       maxBytes: 32 * 1024 * 1024,
       maxWaitTimeInMs: 100,
-      sessionTimeout: 30_000,
-      heartbeatInterval: 3_000,
+      sessionTimeout: this.options.sessionTimeoutMs ?? 10_000,
+      heartbeatInterval: Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 10_000) / 10)),
       allowAutoTopicCreation: true,
     })
     this.consumer = consumer
+    consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => this.progress?.assigned(payload.memberAssignment))
     await consumer.connect()
     await consumer.subscribe({ topics: this.options.topics, fromBeginning: true })
     consumer.on(consumer.events.CRASH, ({ payload }) => {
@@ -124,16 +149,30 @@ export class KafkaBatchConsumer {
         if (this.failed || this.stopping || !isRunning() || isStale()) return
         const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
         const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(nextOffset)))
+        const offsets = { topic: batch.topic, partition: batch.partition, firstOffset: batch.firstOffset(), lastOffset: batch.lastOffset() }
+        this.progress?.fetched(batch.topic, batch.partition, { highWatermark: batch.highWatermark, firstOffset: batch.firstOffset() ?? nextOffset })
         const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag })
-        const chain = Promise.all([this.chains.get(key), work]).then(() => {
+        const chain = Promise.all([this.chains.get(key), work]).then(async () => {
           if (this.failed) throw new Error('an earlier batch failed; not committing past it')
-          return consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+          try {
+            await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+          } catch (err) {
+            throw new CommitFailedError(nextOffset, { cause: err })
+          }
+          this.progress?.committed(batch.topic, batch.partition, nextOffset)
+          if (this.failing.delete(key)) this.log.info(offsets, 'partition stored and committed again')
         })
         this.chains.set(key, chain)
         const done: Promise<void> = chain
           .catch((err) => {
-            this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; restarting from the last commit')
+            if (this.failed) return // the batch that failed first is logged; this one waits for the same restart
             this.failed = true
+            if (err instanceof CommitFailedError) {
+              this.log.warn({ ...offsets, offset: err.offset, err: String(err.cause) }, 'offset commit failed; the batch is stored, its events will come again as duplicates; rejoining')
+            } else if (this.failing.get(key) !== String(err)) {
+              this.failing.set(key, String(err))
+              this.log.error({ ...offsets, err: String(err) }, 'batch not stored; restarting from the last commit (logged once while it fails the same way)')
+            }
             this.restarting ??= this.restart(handle)
           })
           .finally(() => queue.splice(queue.indexOf(done), 1))
