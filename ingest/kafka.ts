@@ -115,13 +115,14 @@ export class KafkaBatchConsumer {
   ) {}
 
   async start(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
+    const heartbeatEvery = Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 10_000) / 10))
     const consumer = client(this.settings, this.log).consumer({
       groupId: this.options.groupId,
       maxBytesPerPartition: 4 * 1024 * 1024,
       maxBytes: 32 * 1024 * 1024,
       maxWaitTimeInMs: 100,
       sessionTimeout: this.options.sessionTimeoutMs ?? 10_000,
-      heartbeatInterval: Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 10_000) / 10)),
+      heartbeatInterval: heartbeatEvery,
       allowAutoTopicCreation: true,
     })
     this.consumer = consumer
@@ -142,8 +143,11 @@ export class KafkaBatchConsumer {
         const key = `${batch.topic}/${batch.partition}`
         const queue = this.pending.get(key) ?? []
         this.pending.set(key, queue)
+        // While waiting for room, keep heartbeating: a slow insert must not cost the group its member.
         while (queue.length >= this.options.maxPendingPerPartition) {
-          await queue[0]!.catch(() => undefined)
+          let timer: NodeJS.Timeout | undefined
+          await Promise.race([queue[0]!.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, heartbeatEvery)))])
+          clearTimeout(timer)
           await heartbeat()
         }
         if (this.failed || this.stopping || !isRunning() || isStale()) return

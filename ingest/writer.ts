@@ -82,8 +82,12 @@ interface TableState {
   unsettled: Map<string, number>
 }
 
-/** The rollups' finest partitions are days (key_usage_hourly); an insert spanning more is split (limit: 100). */
+/**
+ * Days one insert may span: key_usage feeds a rollup partitioned by day (key_usage_hourly), every other table and
+ * view is partitioned by month or coarser (64 * 28 days: at most 66 months). ClickHouse's limit is 100 a block.
+ */
 const MAX_DAYS_PER_INSERT = 64
+const SPAN_DAYS: Record<TableName, number> = { key_usage: MAX_DAYS_PER_INSERT, key_ratelimits: 64 * 28, auth_events: 64 * 28, key_lifecycle: 64 * 28, leak_reports: 64 * 28 }
 const DAY_MS = 86_400_000
 
 const TYPE_OF_TABLE = Object.fromEntries(Object.entries(TABLE_OF).map(([type, table]) => [table, type])) as Record<TableName, string>
@@ -213,7 +217,7 @@ export class EventWriter {
         aheadDuplicates = []
       }
       const toInsert = [...fresh.values()].map((i) => rows[i]!)
-      for (const part of byPartitionSpan(toInsert)) await this.storeIsolating(table, part, refused)
+      for (const part of byPartitionSpan(toInsert, SPAN_DAYS[table])) await this.storeIsolating(table, part, refused)
       markDone(true)
     } catch (err) {
       markDone(false)
@@ -341,30 +345,33 @@ export class EventWriter {
 }
 
 /**
- * The rows as inserts that span at most MAX_DAYS_PER_INSERT days each, so no insert (nor a view it feeds) writes
- * more partitions than ClickHouse allows in one block. A batch of recent events is one insert; only a batch that
- * spreads over many days (a backfill) is grouped by day.
+ * The rows as inserts that each span fewer than `spanDays` days, so no insert (nor a view it feeds) writes more
+ * partitions than ClickHouse allows in one block (100). A batch of recent events is one insert; only a batch that
+ * spreads wider (a backfill) is sorted by time and cut.
  */
-export function byPartitionSpan(rows: Row[]): Row[][] {
+export function byPartitionSpan(rows: Row[], spanDays = MAX_DAYS_PER_INSERT): Row[][] {
   if (rows.length === 0) return []
   let min = Infinity
   let max = -Infinity
   for (const r of rows) {
-    const day = Math.floor(r.occurredAtMs / DAY_MS)
-    if (day < min) min = day
-    if (day > max) max = day
+    if (r.occurredAtMs < min) min = r.occurredAtMs
+    if (r.occurredAtMs > max) max = r.occurredAtMs
   }
-  if (max - min < MAX_DAYS_PER_INSERT) return [rows]
-  const byDay = new Map<number, Row[]>()
-  for (const r of rows) {
-    const day = Math.floor(r.occurredAtMs / DAY_MS)
-    let list = byDay.get(day)
-    if (!list) byDay.set(day, (list = []))
-    list.push(r)
-  }
-  const days = [...byDay.keys()].sort((a, b) => a - b)
+  if (Math.floor(max / DAY_MS) - Math.floor(min / DAY_MS) < spanDays) return [rows]
+  const sorted = [...rows].sort((a, b) => a.occurredAtMs - b.occurredAtMs)
   const parts: Row[][] = []
-  for (let i = 0; i < days.length; i += MAX_DAYS_PER_INSERT) parts.push(days.slice(i, i + MAX_DAYS_PER_INSERT).flatMap((d) => byDay.get(d)!))
+  let part: Row[] = []
+  let firstDay = 0
+  for (const r of sorted) {
+    const day = Math.floor(r.occurredAtMs / DAY_MS)
+    if (part.length && day - firstDay >= spanDays) {
+      parts.push(part)
+      part = []
+    }
+    if (!part.length) firstDay = day
+    part.push(r)
+  }
+  parts.push(part)
   return parts
 }
 

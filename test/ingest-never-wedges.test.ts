@@ -109,13 +109,14 @@ describe('times', () => {
 })
 
 describe('a sparse year of history', () => {
-  it('groups only a batch spread over many days into inserts of at most 64 days', () => {
+  it('cuts only a batch spread over many days, into inserts of at most 64 days', () => {
     const now = Date.now()
     const recent = Array.from({ length: 100 }, (_, i) => ({ eventId: String(i), occurredAtMs: now - i * 60_000, values: {} }))
     expect(byPartitionSpan(recent)).toHaveLength(1)
     const year = Array.from({ length: 365 }, (_, i) => ({ eventId: String(i), occurredAtMs: now - i * DAY, values: {} }))
     const parts = byPartitionSpan(year)
     expect(parts.length).toBe(6)
+    expect(byPartitionSpan(year, 64 * 28)).toHaveLength(1)
     for (const p of parts) expect(new Set(p.map((r) => Math.floor(r.occurredAtMs / DAY))).size).toBeLessThanOrEqual(64)
     expect(parts.flat()).toHaveLength(365)
   })
