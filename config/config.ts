@@ -39,7 +39,7 @@ const envSchema = z.object({
   KAFKA_BROKERS: brokerList.optional(),
   KAFKA_CLIENT_ID: z.string().min(1).default('keywatch'),
   KAFKA_GROUP_ID: z.string().min(1).default('keywatch-ingest'),
-  KAFKA_SESSION_TIMEOUT_MS: z.coerce.number({ error: 'must be a number of milliseconds' }).int().min(6_000, 'must be at least 6000 (the broker\'s group.min.session.timeout.ms)').default(10_000),
+  KAFKA_SESSION_TIMEOUT_MS: z.coerce.number({ error: 'must be a number of milliseconds' }).int().min(6_000, 'must be at least 6000 (the broker\'s group.min.session.timeout.ms)').default(15_000),
   KAFKA_TOPIC_USAGE: topic.default('apikey.usage'),
   KAFKA_TOPIC_RATELIMITS: topic.default('apikey.ratelimits'),
   KAFKA_TOPIC_AUTH: topic.default('auth.events'),

@@ -115,13 +115,13 @@ export class KafkaBatchConsumer {
   ) {}
 
   async start(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
-    const heartbeatEvery = Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 10_000) / 10))
+    const heartbeatEvery = Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 15_000) / 10))
     const consumer = client(this.settings, this.log).consumer({
       groupId: this.options.groupId,
       maxBytesPerPartition: 4 * 1024 * 1024,
       maxBytes: 32 * 1024 * 1024,
       maxWaitTimeInMs: 100,
-      sessionTimeout: this.options.sessionTimeoutMs ?? 10_000,
+      sessionTimeout: this.options.sessionTimeoutMs ?? 15_000,
       heartbeatInterval: heartbeatEvery,
       allowAutoTopicCreation: true,
     })

@@ -143,7 +143,7 @@ describe('a poison event on one partition', () => {
     expect(byReason.storage_rejected!.headers['source-partition']).toBe('0')
     expect(JSON.parse(byReason.outside_retention!.value.toString()).occurred_at).toBe('1970-01-01T00:00:00.000Z')
 
-    // SIGKILL, then a new instance: it resumes (the crashed member's session runs out in 10 s, not 30 s).
+    // SIGKILL, then a new instance: it resumes (the crashed member's session runs out in 15 s, not 30 s).
     keywatch.child.kill('SIGKILL')
     await keywatch.exited
     const again = await startKeywatch(env(), ['start'], 180_000)
