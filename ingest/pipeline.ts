@@ -95,7 +95,7 @@ export class IngestPipeline {
    */
   async ingest(messages: InboundMessage[], expectedType?: InboundType): Promise<IngestResult> {
     const now = this.now()
-    const byTable = new Map<TableName, { rows: Row[]; messages: InboundMessage[]; type: InboundType; eventType: InboundType }>()
+    const byTable = new Map<TableName, { rows: Row[]; messages: InboundMessage[]; type: InboundType }>()
     const rejections: Rejection[] = []
     for (const message of messages) {
       const d = decodeEvent(message.raw, now, expectedType)
@@ -105,7 +105,7 @@ export class IngestPipeline {
       }
       const table = TABLE_OF[d.type]
       let group = byTable.get(table)
-      if (!group) byTable.set(table, (group = { rows: [], messages: [], type: d.type, eventType: d.type }))
+      if (!group) byTable.set(table, (group = { rows: [], messages: [], type: d.type }))
       group.rows.push(toRow(d.type, d.event))
       group.messages.push(message)
     }
