@@ -206,7 +206,9 @@ async function runFindings(opts: { json?: boolean; status?: string; detector?: s
 }
 
 function formatReport(r: NdjsonReport): string {
-  const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`, `rejected    ${r.rejected}`]
+  const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`]
+  if (r.conflictingDuplicates) lines.push(`  conflicting        ${r.conflictingDuplicates} (other contents than the stored version, which stays; kept in ingest_errors)`)
+  lines.push(`rejected    ${r.rejected}`)
   for (const [reason, n] of Object.entries(r.rejectedByReason)) lines.push(`  ${reason.padEnd(18)} ${n}`)
   for (const e of r.errors) lines.push(`line ${e.line}: ${e.reason}: ${e.detail}`)
   if (r.rejected > r.errors.length) lines.push(`(${r.rejected - r.errors.length} more rejections in ingest_errors)`)
