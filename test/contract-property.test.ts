@@ -142,8 +142,9 @@ describe('valid events from the JSON Schemas', () => {
         const p = await progress()
         return p.committed === p.end && p.end === events.length
       }, 300_000, 1_000)
+      // Dead letters are written at least once (a batch fetched again after a rebalance sends its own again).
       const dead = (await admin.fetchTopicOffsets(deadLetter)).reduce((n, p) => n + Number(p.high), 0)
-      expect(dead).toBe(expected(events).rejected)
+      expect(dead).toBeGreaterThanOrEqual(expected(events).rejected)
     } finally {
       await admin.disconnect()
     }
@@ -154,7 +155,7 @@ describe('valid events from the JSON Schemas', () => {
     try {
       const want = expected(events)
       expect(await rawTotal(storage)).toBe(want.accepted)
-      const reasons = await queryRows<{ reason: string; n: number }>(storage.client, 'SELECT reason, count() AS n FROM ingest_errors GROUP BY reason ORDER BY reason')
+      const reasons = await queryRows<{ reason: string; n: number }>(storage.client, 'SELECT reason, uniqExact(topic, partition, offset) AS n FROM ingest_errors GROUP BY reason ORDER BY reason')
       expect(Object.fromEntries(reasons.map((r) => [r.reason, Number(r.n)]))).toEqual(want.byReason)
     } finally {
       await storage.close()
