@@ -21,7 +21,7 @@ const SEED = Number(process.env.CONTRACT_PROPERTY_SEED ?? 20261201)
 const PER_PATH = { file: 20_000, http: 15_000, kafka: 15_000 } // 50,000 in all
 const RAW_TABLES = ['key_usage', 'key_ratelimits', 'auth_events', 'key_lifecycle', 'leak_reports']
 
-let rt: Runtime
+let rt: Runtime | undefined
 let api: FastifyInstance
 let auth: { authorization: string }
 const now = Date.now()
@@ -34,10 +34,12 @@ beforeAll(async () => {
   api = await buildApi(apiDepsOf(rt))
   auth = await bearer(rt, 'ingest')
 })
-afterAll(async () => {
+async function closeRuntime(): Promise<void> {
   await api?.close()
   await rt?.close()
-})
+  rt = undefined
+}
+afterAll(closeRuntime)
 
 async function rawTotal(storage: Storage): Promise<number> {
   let n = 0
@@ -51,6 +53,31 @@ function expected(events: Generated[]) {
   for (const e of events) if (e.expect !== 'accepted') byReason[e.expect] = (byReason[e.expect] ?? 0) + 1
   return { accepted: events.filter((e) => e.expect === 'accepted').length, rejected: events.length - events.filter((e) => e.expect === 'accepted').length, byReason }
 }
+
+describe('the mirror: events the schemas reject', () => {
+  it('are all rejected, each with a reason and a detail', async () => {
+    const mutated: { line: string; mutation: string }[] = []
+    for (let i = 0; mutated.length < 5_000; i++) {
+      const m = gen.mutate(gen.next(serial++, now))
+      if (m) mutated.push(m)
+    }
+    const before = await rawTotal(rt!.storage)
+    const report = await ingestNdjson(Readable.from([Buffer.from(mutated.map((m) => m.line).join('\n') + '\n')]), rt!.pipeline, { source: 'file' })
+    if (report.accepted > 0) {
+      // Name the mutations the mirror let through (the first rejected lines are in report.errors; find the accepted).
+      const rejectedLines = await queryRows<{ line: number }>(rt!.storage.client, "SELECT line FROM ingest_errors WHERE source = 'file' AND received_at >= now() - INTERVAL 10 MINUTE")
+      const seen = new Set(rejectedLines.map((r) => Number(r.line)))
+      const through = mutated.filter((_, i) => !seen.has(i + 1)).slice(0, 5)
+      expect(through, 'mutations the schema rejects but keywatch accepted').toEqual([])
+    }
+    expect(report).toMatchObject({ lines: mutated.length, accepted: 0, duplicates: 0, rejected: mutated.length })
+    expect(Object.keys(report.rejectedByReason).every((r) => ['schema_violation', 'unknown_type', 'too_large', 'invalid_json'].includes(r))).toBe(true)
+    expect(report.errors.every((e) => e.detail.length > 0)).toBe(true)
+    expect(await rawTotal(rt!.storage)).toBe(before)
+    const details = await queryRows<{ n: number }>(rt!.storage.client, "SELECT count() AS n FROM ingest_errors WHERE detail = '' OR reason = ''")
+    expect(Number(details[0]!.n)).toBe(0)
+  }, 180_000)
+})
 
 describe('valid events from the JSON Schemas', () => {
   it('cover every type, leap seconds, offsets and fractions, and are valid for the schemas', () => {
@@ -67,18 +94,18 @@ describe('valid events from the JSON Schemas', () => {
 
   it('through a file: each accepted or rejected for its time, and the raw tables gain the accepted', async () => {
     const events = batch(PER_PATH.file)
-    const before = await rawTotal(rt.storage)
-    const report = await ingestNdjson(Readable.from([Buffer.from(events.map((e) => e.line).join('\n') + '\n')]), rt.pipeline, { source: 'file' })
+    const before = await rawTotal(rt!.storage)
+    const report = await ingestNdjson(Readable.from([Buffer.from(events.map((e) => e.line).join('\n') + '\n')]), rt!.pipeline, { source: 'file' })
     const want = expected(events)
     expect(report.errors.filter((e) => !['outside_retention', 'future_timestamp'].includes(e.reason))).toEqual([])
     expect(report).toMatchObject({ lines: events.length, accepted: want.accepted, duplicates: 0, rejected: want.rejected, rejectedByReason: want.byReason })
     expect(report.accepted + report.rejected).toBe(events.length)
-    expect(await rawTotal(rt.storage)).toBe(before + report.accepted)
+    expect(await rawTotal(rt!.storage)).toBe(before + report.accepted)
   }, 180_000)
 
   it('through HTTP: 200 with the same answers, never a 500', async () => {
     const events = batch(PER_PATH.http)
-    const before = await rawTotal(rt.storage)
+    const before = await rawTotal(rt!.storage)
     let accepted = 0
     let rejected = 0
     const byReason: Record<string, number> = {}
@@ -93,7 +120,7 @@ describe('valid events from the JSON Schemas', () => {
     }
     const want = expected(events)
     expect({ accepted, rejected, byReason }).toEqual({ accepted: want.accepted, rejected: want.rejected, byReason: want.byReason })
-    expect(await rawTotal(rt.storage)).toBe(before + accepted)
+    expect(await rawTotal(rt!.storage)).toBe(before + accepted)
   }, 180_000)
 
   it('through Kafka: stored exactly as accepted, rejections dead-lettered, the consumer committed to the end', async () => {
@@ -151,6 +178,7 @@ describe('valid events from the JSON Schemas', () => {
     keywatch.child.kill('SIGTERM')
     expect(await keywatch.exited).toBe(0)
     expect(keywatch.logs()).not.toMatch(/batch not stored/)
+    await closeRuntime() // one data directory per process: the file and HTTP tests' runtime goes first (they ran)
     const storage = await openStorage({ mode: 'embedded', dataDir, database: 'keywatch' })
     try {
       const want = expected(events)
@@ -163,27 +191,3 @@ describe('valid events from the JSON Schemas', () => {
   }, 600_000)
 })
 
-describe('the mirror: events the schemas reject', () => {
-  it('are all rejected, each with a reason and a detail', async () => {
-    const mutated: { line: string; mutation: string }[] = []
-    for (let i = 0; mutated.length < 5_000; i++) {
-      const m = gen.mutate(gen.next(serial++, now))
-      if (m) mutated.push(m)
-    }
-    const before = await rawTotal(rt.storage)
-    const report = await ingestNdjson(Readable.from([Buffer.from(mutated.map((m) => m.line).join('\n') + '\n')]), rt.pipeline, { source: 'file' })
-    if (report.accepted > 0) {
-      // Name the mutations the mirror let through (the first rejected lines are in report.errors; find the accepted).
-      const rejectedLines = await queryRows<{ line: number }>(rt.storage.client, "SELECT line FROM ingest_errors WHERE source = 'file' AND received_at >= now() - INTERVAL 10 MINUTE")
-      const seen = new Set(rejectedLines.map((r) => Number(r.line)))
-      const through = mutated.filter((_, i) => !seen.has(i + 1)).slice(0, 5)
-      expect(through, 'mutations the schema rejects but keywatch accepted').toEqual([])
-    }
-    expect(report).toMatchObject({ lines: mutated.length, accepted: 0, duplicates: 0, rejected: mutated.length })
-    expect(Object.keys(report.rejectedByReason).every((r) => ['schema_violation', 'unknown_type', 'too_large', 'invalid_json'].includes(r))).toBe(true)
-    expect(report.errors.every((e) => e.detail.length > 0)).toBe(true)
-    expect(await rawTotal(rt.storage)).toBe(before)
-    const details = await queryRows<{ n: number }>(rt.storage.client, "SELECT count() AS n FROM ingest_errors WHERE detail = '' OR reason = ''")
-    expect(Number(details[0]!.n)).toBe(0)
-  }, 180_000)
-})
