@@ -39,7 +39,7 @@ async function start(): Promise<void> {
   const release = cfg.clickhouse.mode === 'embedded' ? announceInstance(cfg.clickhouse.dataDir, { pid: process.pid, url, startedAt: new Date().toISOString(), cliToken }) : () => {}
   let kafka: KafkaIngest | undefined
   try {
-    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, (topic, partition, lag) => rt.metrics.consumerLag(topic, partition, lag), {
+    kafka = cfg.kafka ? await startKafkaIngest(cfg.kafka, cfg.ingest, rt.pipeline, log, rt.metrics.kafkaProgress, {
           // One process owns an embedded engine: no other instance can have an insert on the wire (issue 16).
           handoverMs: cfg.clickhouse.mode === 'embedded' ? 0 : cfg.ingest.handoverMs,
         }) : undefined
@@ -212,7 +212,9 @@ async function runFindings(opts: { json?: boolean; status?: string; detector?: s
 }
 
 function formatReport(r: NdjsonReport): string {
-  const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`, `rejected    ${r.rejected}`]
+  const lines = [`accepted    ${r.accepted}`, `duplicates  ${r.duplicates}`]
+  if (r.conflictingDuplicates) lines.push(`  conflicting        ${r.conflictingDuplicates} (other contents than the stored version, which stays; kept in ingest_errors)`)
+  lines.push(`rejected    ${r.rejected}`)
   for (const [reason, n] of Object.entries(r.rejectedByReason)) lines.push(`  ${reason.padEnd(18)} ${n}`)
   for (const e of r.errors) lines.push(`line ${e.line}: ${e.reason}: ${e.detail}`)
   if (r.rejected > r.errors.length) lines.push(`(${r.rejected - r.errors.length} more rejections in ingest_errors)`)

@@ -3,7 +3,7 @@ import pinoPretty from 'pino-pretty'
 import pino, { type Logger } from 'pino'
 import { openStorage, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
-import { recoverViews } from '../clickhouse/recovery.ts'
+import { recentWindows, recoverViews, type RecoveryWindows } from '../clickhouse/recovery.ts'
 import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
@@ -92,16 +92,42 @@ export interface RuntimeOptions {
 export async function openRuntime(config: Config, log: Logger, options: RuntimeOptions = {}): Promise<Runtime> {
   const { leadership } = options
   const storage = await openStorage(config.clickhouse)
+  let windows: RecoveryWindows | undefined
+  let repairPending = false
   try {
     const result = await migrate(storage.client, undefined, { cluster: config.clickhouse.mode === 'server' ? config.clickhouse.cluster : undefined })
     if (result.applied.length) log.info({ applied: result.applied }, 'migrations applied')
-    const recovered = await recoverViews(storage)
-    if (recovered.eventIdsRestored || recovered.usageKeyDaysRebuilt || recovered.ratelimitKeyBucketsRebuilt) {
-      log.warn(recovered, 'repaired views left incomplete by an unclean stop')
-    }
+    windows = await recentWindows(storage)
   } catch (err) {
     await storage.close()
     throw err
+  }
+  // The repair of views an unclean stop left incomplete. It never destroys (see clickhouse/recovery.ts); if it
+  // fails, the instance runs on and the repair is tried again, with the same rows, while no insert runs.
+  const repair = async (): Promise<boolean> => {
+    try {
+      const recovered = await recoverViews(storage, windows)
+      if (recovered.eventIdsRestored || recovered.usageKeyDaysRebuilt || recovered.ratelimitKeyBucketsRebuilt) log.warn(recovered, 'repaired views left incomplete by an unclean stop')
+      windows = undefined // a later repair looks at the newest rows
+      return true
+    } catch (err) {
+      log.error({ err: String(err) }, 'repairing the views failed; keywatch runs on and tries again')
+      return false
+    }
+  }
+  let repairTimer: NodeJS.Timeout | undefined
+  let repairAttempt = 0
+  let closing = false
+  const scheduleRepair = () => {
+    if (repairTimer || closing) return
+    repairTimer = setTimeout(() => {
+      void writer.exclusive(repair).then((ok) => {
+        repairTimer = undefined
+        repairAttempt = ok ? 0 : repairAttempt + 1
+        if (!ok || repairPending) ((repairPending = false), scheduleRepair())
+      })
+    }, Math.min(60_000, 2_000 * 2 ** repairAttempt))
+    repairTimer.unref()
   }
   const writer = new EventWriter(storage, {
     maxRows: config.ingest.batchMaxRows,
@@ -110,7 +136,14 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     // A leak report starts the clock on a revocation: it does not wait for company.
     lingerMs: { leak_reports: 0 },
     onFlush: (table, s) => log.debug({ table, ...s }, 'batch stored'),
+    // Raw rows landed without their views (the engine refused a view's part): repair them soon.
+    onPartialInsert: (table) => {
+      log.warn({ table }, 'an insert was refused after its raw rows were stored; the views will be repaired')
+      if (repairTimer) repairPending = true
+      else scheduleRepair()
+    },
   })
+  if (!(await repair())) scheduleRepair()
   const pipeline = new IngestPipeline(storage.client, writer)
   const findings = new FindingStore(storage.client)
   // A security team's own detectors: a broken file is reported (here, and as a finding once services start) and skipped.
@@ -198,15 +231,19 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   // since the previous one began (with a second of slack for inserts still settling); the minute runs read them all,
   // and raise the unmatched reports (nothing to revoke there, so they wait for the minute).
   let freshSince = 0
+  // Runs started as reports arrive: close() waits for them before the engine closes.
+  const freshRuns = new Set<Promise<unknown>>()
   pipeline.onStored((type) => {
     if (type !== 'leak.reported') return
     // A follower tells the leader, which runs the leak detector at once (issue 16).
     if (!leads()) return void leadership!.toLeader({ kind: 'leak.stored' }).catch((err) => log.error({ err: String(err) }, 'could not tell the leader about a leak report'))
     const since = freshSince
     freshSince = Date.now()
-    void detection
+    const run = detection
       .runFresh('leak.public_report', { received_after_ms: Math.max(0, since - 1_000) })
       .catch((err) => log.error({ err: String(err), detector: 'leak.public_report' }, 'leak detection failed'))
+      .finally(() => freshRuns.delete(run))
+    freshRuns.add(run)
   })
   let started = false
   let stopExports: (() => Promise<void>) | undefined
@@ -322,11 +359,14 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
       await leadership.start()
     },
     async close() {
+      closing = true
+      clearTimeout(repairTimer)
       await writer.drain()
       if (leadership) {
         await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
         await leadership.stop() // steps down: the singletons stop below
       }
+      while (freshRuns.size) await Promise.allSettled([...freshRuns])
       await detection.stop()
       await stopExports?.()
       await response.stop()

@@ -41,6 +41,7 @@ const envSchema = z.object({
   KAFKA_BROKERS: brokerList.optional(),
   KAFKA_CLIENT_ID: z.string().min(1).default('keywatch'),
   KAFKA_GROUP_ID: z.string().min(1).default('keywatch-ingest'),
+  KAFKA_SESSION_TIMEOUT_MS: z.coerce.number({ error: 'must be a number of milliseconds' }).int().min(6_000, 'must be at least 6000 (the broker\'s group.min.session.timeout.ms)').default(15_000),
   KAFKA_TOPIC_USAGE: topic.default('apikey.usage'),
   KAFKA_TOPIC_RATELIMITS: topic.default('apikey.ratelimits'),
   KAFKA_TOPIC_AUTH: topic.default('auth.events'),
@@ -104,6 +105,8 @@ export interface Config {
     topics: Topics
     /** Single-partition topic whose partition 0's owner (in group `<groupId>.leader`) is the leader (cluster/leadership.ts). */
     controlTopic: string
+    /** How long a crashed member holds its partitions before the group moves them. */
+    sessionTimeoutMs: number
   }
   topics: Topics
   /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
@@ -178,7 +181,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
     clickhouse: e.CLICKHOUSE_URL
       ? { mode: 'server', url: e.CLICKHOUSE_URL, user: e.CLICKHOUSE_USER, password: e.CLICKHOUSE_PASSWORD, database: e.CLICKHOUSE_DATABASE, cluster: e.CLICKHOUSE_CLUSTER }
       : { mode: 'embedded', dataDir: resolve(e.KEYWATCH_DATA_DIR), database: e.CLICKHOUSE_DATABASE },
-    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics, controlTopic: e.KAFKA_TOPIC_CONTROL } : undefined,
+    kafka: e.KAFKA_BROKERS ? { brokers: e.KAFKA_BROKERS, clientId: e.KAFKA_CLIENT_ID, groupId: e.KAFKA_GROUP_ID, topics, controlTopic: e.KAFKA_TOPIC_CONTROL, sessionTimeoutMs: e.KAFKA_SESSION_TIMEOUT_MS } : undefined,
     topics,
     ingest: {
       batchMaxRows: e.INGEST_BATCH_MAX_ROWS,

@@ -2,8 +2,24 @@
 import { z } from 'zod'
 import { inboundSchemas, MAX_FUTURE_SKEW_MS, MAX_MESSAGE_BYTES, type InboundEvent, type InboundType } from '../contract/events.ts'
 import { compileFastCheck, type FastCheck } from './fast-check.ts'
+import { RETENTION_DAYS, TABLE_OF } from './rows.ts'
+import { parseTimestamp } from './time.ts'
 
-export type RejectReason = 'too_large' | 'invalid_json' | 'unknown_type' | 'schema_violation' | 'future_timestamp' | 'wrong_topic'
+/**
+ * Why a message was not stored. Decoding says the first six and `outside_retention`; the writer says
+ * `storage_rejected` (the engine refused that one event for good, with its message) and `conflicting_duplicate`
+ * (an event_id stored before with other contents: the first stored version stays).
+ */
+export type RejectReason =
+  | 'too_large'
+  | 'invalid_json'
+  | 'unknown_type'
+  | 'schema_violation'
+  | 'future_timestamp'
+  | 'wrong_topic'
+  | 'outside_retention'
+  | 'storage_rejected'
+  | 'conflicting_duplicate'
 
 export type Decoded =
   | { ok: true; type: InboundType; event: InboundEvent }
@@ -62,12 +78,23 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
     }
     event = parsed.data as InboundEvent
   }
-  const skew = Date.parse(event.occurred_at) - now
+  const at = parseTimestamp(event.occurred_at)
+  const skew = at - now
   if (skew > MAX_FUTURE_SKEW_MS) {
     return {
       ok: false,
       reason: 'future_timestamp',
       detail: `occurred_at ${event.occurred_at} is ${Math.round(skew / 1000)} s in the future (at most ${MAX_FUTURE_SKEW_MS / 1000} s allowed)`,
+      eventId,
+      eventType,
+    }
+  }
+  const retentionDays = RETENTION_DAYS[TABLE_OF[eventType]]
+  if (at < now - retentionDays * 86_400_000) {
+    return {
+      ok: false,
+      reason: 'outside_retention',
+      detail: `occurred_at ${event.occurred_at} is older than the ${retentionDays} days ${eventType} events are kept; it would be dropped on arrival`,
       eventId,
       eventType,
     }

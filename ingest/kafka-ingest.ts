@@ -3,7 +3,7 @@
 // topic and in ingest_errors.
 import type { Config } from '../config/config.ts'
 import type { InboundType } from '../contract/events.ts'
-import { KafkaBatchConsumer, KafkaProducer, type Logger } from './kafka.ts'
+import { KafkaBatchConsumer, KafkaProducer, type ConsumerProgress, type Logger } from './kafka.ts'
 import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } from './pipeline.ts'
 
 export interface KafkaIngest {
@@ -20,8 +20,8 @@ export async function startKafkaIngest(
   ingest: Config['ingest'],
   pipeline: IngestPipeline,
   log: Logger,
-  /** Told each partition's lag as its batches arrive (metrics). */
-  onLag?: (topic: string, partition: number, lag: number) => void,
+  /** Told where each partition stands: fetched, committed, assigned (metrics). */
+  progress?: ConsumerProgress,
   /**
    * Fencing (issue 16): how long a newly assigned partition waits for its previous owner's inserts on the wire (0 on
    * the embedded engine, which one process owns); `unfenced` for the fault suite's negative control only.
@@ -46,18 +46,21 @@ export async function startKafkaIngest(
       topics: Object.keys(typeOfTopic),
       maxPendingPerPartition: ingest.maxInflightBatches,
       partitionsConsumedConcurrently: 3,
+      sessionTimeoutMs: kafka.sessionTimeoutMs,
       unfenced: fencing.unfenced,
       handoverMs: fencing.handoverMs,
     },
     log,
+    progress,
   )
 
   await consumer.start(async (batch) => {
-    onLag?.(batch.topic, batch.partition, batch.lag)
     const messages = batch.messages.map((m) => ({
       raw: m.value ?? EMPTY,
       origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
     }))
+    // Rejections, the engine's refusals (storage_rejected) among them, go to the dead-letter topic; conflicting
+    // duplicates are kept in ingest_errors only (their first version is stored).
     const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic], batch.owned)
     await deadLetters.send(
       kafka.topics.deadLetter,
@@ -66,7 +69,8 @@ export async function startKafkaIngest(
         value: Buffer.from(r.message.raw.buffer, r.message.raw.byteOffset, r.message.raw.byteLength),
         headers: {
           reason: r.reason,
-          detail: r.detail,
+          // A header is one line of bounded size (an engine message can be long).
+          detail: r.detail.replace(/\s+/g, ' ').slice(0, 1000),
           'source-topic': batch.topic,
           'source-partition': String(batch.partition),
           'source-offset': r.message.origin.offset ?? '',

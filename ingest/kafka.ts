@@ -72,6 +72,11 @@ export interface ConsumerOptions {
   partitionsConsumedConcurrently: number
   /** Fencing (issue 16): how long a partition newly assigned here waits for its previous owner's inserts on the wire. */
   handoverMs?: number
+  /**
+   * How long the group waits for a member that stopped heartbeating (a crashed instance) before its partitions move:
+   * what a SIGKILL costs a restarted instance. kafkajs has no static membership, so this is the lever (the broker's
+   * group.min.session.timeout.ms, 6 s by default, is the floor). A clean stop leaves the group at once.
+   */
   sessionTimeoutMs?: number
   /** The fault suite's negative control only: no fencing, to show what it prevents. */
   unfenced?: boolean
@@ -82,6 +87,21 @@ export class FencedBatchError extends Error {
   constructor(message = 'partition handed over to another member; batch not written') {
     super(message)
     this.name = 'FencedBatchError'
+  }
+}
+
+/** Where each partition stands, for /metrics: told at every fetch, commit and assignment. */
+export interface ConsumerProgress {
+  fetched(topic: string, partition: number, p: { highWatermark: string; firstOffset: string }): void
+  committed(topic: string, partition: number, offset: string): void
+  assigned(assignment: Record<string, number[]>): void
+}
+
+/** The rows of a batch are stored; committing its offset failed (e.g. a rebalance made the generation stale). */
+class CommitFailedError extends Error {
+  constructor(readonly offset: string, options: ErrorOptions) {
+    super(`offset commit failed: ${String((options.cause as Error)?.message ?? options.cause)}`, options)
+    this.name = 'CommitFailedError'
   }
 }
 
@@ -107,24 +127,29 @@ export class KafkaBatchConsumer {
   private assigned = new Set<string>()
   private readonly handoverUntil = new Map<string, number>()
   // ---- end fencing ----
+  /** Per partition, the store failure last logged at error level: the same one again is not logged again. */
+  private readonly failing = new Map<string, string>()
 
   constructor(
     private readonly settings: KafkaSettings,
     private readonly options: ConsumerOptions,
     private readonly log: Logger,
+    private readonly progress?: ConsumerProgress,
   ) {}
 
   async start(handle: (batch: PartitionBatch) => Promise<void>): Promise<void> {
+    const heartbeatEvery = Math.max(500, Math.floor((this.options.sessionTimeoutMs ?? 15_000) / 10))
     const consumer = client(this.settings, this.log).consumer({
       groupId: this.options.groupId,
       maxBytesPerPartition: 4 * 1024 * 1024,
       maxBytes: 32 * 1024 * 1024,
       maxWaitTimeInMs: 100,
-      sessionTimeout: this.options.sessionTimeoutMs ?? 30_000,
-      heartbeatInterval: 3_000,
+      sessionTimeout: this.options.sessionTimeoutMs ?? 15_000,
+      heartbeatInterval: heartbeatEvery,
       allowAutoTopicCreation: true,
     })
     this.consumer = consumer
+    consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => this.progress?.assigned(payload.memberAssignment))
     await consumer.connect()
     await consumer.subscribe({ topics: this.options.topics, fromBeginning: true })
     consumer.on(consumer.events.CRASH, ({ payload }) => {
@@ -155,7 +180,7 @@ export class KafkaBatchConsumer {
         const key = `${batch.topic}/${batch.partition}`
         // ---- fencing (issue 16) ----
         const epoch = this.epoch
-        const owned = () => !this.aborted && (this.options.unfenced || (this.epoch === epoch && Date.now() - this.lastHeartbeat < (this.options.sessionTimeoutMs ?? 30_000) - 5_000))
+        const owned = () => !this.aborted && (this.options.unfenced || (this.epoch === epoch && Date.now() - this.lastHeartbeat < (this.options.sessionTimeoutMs ?? 15_000) - 5_000))
         while (Date.now() < (this.handoverUntil.get(key) ?? 0) && owned() && isRunning()) {
           await new Promise((r) => setTimeout(r, 100))
           await heartbeat()
@@ -164,29 +189,46 @@ export class KafkaBatchConsumer {
         // ---- end fencing ----
         const queue = this.pending.get(key) ?? []
         this.pending.set(key, queue)
+        // While waiting for room, keep heartbeating: a slow insert must not cost the group its member.
         while (queue.length >= this.options.maxPendingPerPartition) {
-          await queue[0]!.catch(() => undefined)
+          let timer: NodeJS.Timeout | undefined
+          await Promise.race([queue[0]!.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, heartbeatEvery)))])
+          clearTimeout(timer)
           await heartbeat()
         }
         if (this.failed || this.stopping || !isRunning() || isStale()) return
         const nextOffset = (BigInt(batch.lastOffset()) + 1n).toString()
         const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(nextOffset)))
+        const offsets = { topic: batch.topic, partition: batch.partition, firstOffset: batch.firstOffset(), lastOffset: batch.lastOffset() }
+        this.progress?.fetched(batch.topic, batch.partition, { highWatermark: batch.highWatermark, firstOffset: batch.firstOffset() ?? nextOffset })
         const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag, owned })
-        const chain = Promise.all([this.chains.get(chainKey), work]).then(() => {
+        const chain = Promise.all([this.chains.get(chainKey), work]).then(async () => {
           if (!owned()) throw new FencedBatchError() // fencing (issue 16): the new owner commits
           if (this.failed) throw new Error('an earlier batch failed; not committing past it')
-          return consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+          try {
+            await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+          } catch (err) {
+            throw new CommitFailedError(nextOffset, { cause: err })
+          }
+          this.progress?.committed(batch.topic, batch.partition, nextOffset)
+          if (this.failing.delete(key)) this.log.info(offsets, 'partition stored and committed again')
         })
         this.chains.set(chainKey, chain)
         const done: Promise<void> = chain
           .catch((err) => {
             // fencing (issue 16): written by (or left to) the partition's new owner; nothing to restart
-            if (err instanceof FencedBatchError || (err as Error)?.name === 'FencedBatchError' || !owned()) {
-              this.log.info({ topic: batch.topic, partition: batch.partition }, 'batch fenced: its partition was handed over')
+            if (['FencedBatchError', 'FencedWriteError'].includes((err as Error)?.name) || !owned()) {
+              this.log.info(offsets, 'batch fenced: its partition was handed over')
               return
             }
-            this.log.error({ err: String(err), topic: batch.topic, partition: batch.partition }, 'batch not stored; restarting from the last commit')
+            if (this.failed) return // the batch that failed first is logged; this one waits for the same restart
             this.failed = true
+            if (err instanceof CommitFailedError) {
+              this.log.warn({ ...offsets, offset: err.offset, err: String(err.cause) }, 'offset commit failed; the batch is stored, its events will come again as duplicates; rejoining')
+            } else if (this.failing.get(key) !== String(err)) {
+              this.failing.set(key, String(err))
+              this.log.error({ ...offsets, err: String(err) }, 'batch not stored; restarting from the last commit (logged once while it fails the same way)')
+            }
             this.restarting ??= this.restart(handle)
           })
           .finally(() => queue.splice(queue.indexOf(done), 1))

@@ -31,21 +31,25 @@ export interface Rejection {
 }
 
 export interface IngestSummary {
-  /** Valid events newly stored. */
+  /** Valid events newly stored: what the raw tables gained. */
   accepted: number
-  /** Valid events that were stored before (a redelivery or a file ingested twice). */
+  /** Valid events whose event_id was stored before (a redelivery or a file ingested twice); the first stays. */
   duplicates: number
+  /** Of the duplicates, those whose contents differ from the stored version (each kept in ingest_errors). */
+  conflictingDuplicates: number
+  /** Not stored, each with a reason: accepted + duplicates + rejected is every message. */
   rejected: number
   rejectedByReason: Partial<Record<RejectReason, number>>
 }
 
 export function emptySummary(): IngestSummary {
-  return { accepted: 0, duplicates: 0, rejected: 0, rejectedByReason: {} }
+  return { accepted: 0, duplicates: 0, conflictingDuplicates: 0, rejected: 0, rejectedByReason: {} }
 }
 
 export function addSummary(into: IngestSummary, s: IngestSummary): IngestSummary {
   into.accepted += s.accepted
   into.duplicates += s.duplicates
+  into.conflictingDuplicates += s.conflictingDuplicates
   into.rejected += s.rejected
   for (const [reason, n] of Object.entries(s.rejectedByReason) as [RejectReason, number][]) {
     into.rejectedByReason[reason] = (into.rejectedByReason[reason] ?? 0) + n
@@ -64,6 +68,13 @@ export type DecodedListener = (table: TableName, rows: Row[]) => void
 
 /** Told after every batch, with what became of it (metrics count here). */
 export type IngestedListener = (summary: IngestSummary, rejections: Rejection[]) => void
+
+/** What became of a batch: `rejections` are not stored (and go to the dead-letter topic); `conflicts` are duplicates kept in ingest_errors. */
+export interface IngestResult {
+  summary: IngestSummary
+  rejections: Rejection[]
+  conflicts: Rejection[]
+}
 
 export class IngestPipeline {
   private readonly listeners: StoredListener[] = []
@@ -89,13 +100,13 @@ export class IngestPipeline {
   }
 
   /**
-   * Ingests a batch of messages. Resolves when every valid one is stored and every rejection recorded;
-   * rejects (storing nothing more) when storage fails, so the caller must not acknowledge the batch.
+   * Ingests a batch of messages. Resolves when every valid one is stored (or found stored, or refused by the engine
+   * for good and recorded as such) and every rejection recorded; rejects (storing nothing more) when storage fails
+   * in a way that retrying may cure, so the caller must not acknowledge the batch.
    */
-  async ingest(messages: InboundMessage[], expectedType?: InboundType, owned?: () => boolean): Promise<{ summary: IngestSummary; rejections: Rejection[] }> {
+  async ingest(messages: InboundMessage[], expectedType?: InboundType, owned?: () => boolean): Promise<IngestResult> {
     const now = this.now()
-    const byTable = new Map<TableName, Row[]>()
-    const typeOfTable = new Map<TableName, InboundType>()
+    const byTable = new Map<TableName, { rows: Row[]; messages: InboundMessage[]; type: InboundType }>()
     const rejections: Rejection[] = []
     for (const message of messages) {
       const d = decodeEvent(message.raw, now, expectedType)
@@ -104,28 +115,35 @@ export class IngestPipeline {
         continue
       }
       const table = TABLE_OF[d.type]
-      typeOfTable.set(table, d.type)
-      let rows = byTable.get(table)
-      if (!rows) byTable.set(table, (rows = []))
-      rows.push(toRow(d.type, d.event))
+      let group = byTable.get(table)
+      if (!group) byTable.set(table, (group = { rows: [], messages: [], type: d.type }))
+      group.rows.push(toRow(d.type, d.event))
+      group.messages.push(message)
     }
-    const tables = [...byTable.keys()]
-    for (const table of tables) for (const listener of this.decodedListeners) listener(table, byTable.get(table)!)
-    const writes: Promise<WriteResult>[] = tables.map((table) => this.writer.write(table, byTable.get(table)!, owned))
+    const groups = [...byTable.entries()]
+    for (const [table, g] of groups) for (const listener of this.decodedListeners) listener(table, g.rows)
+    const writes: Promise<WriteResult>[] = groups.map(([table, g]) => this.writer.write(table, g.rows, owned))
     const [results] = await Promise.all([Promise.all(writes), this.recordRejections(rejections)])
-    results.forEach((r, i) => {
-      if (r.stored > 0) for (const listener of this.listeners) listener(typeOfTable.get(tables[i]!)!, r.stored)
-    })
 
     const summary = emptySummary()
-    for (const r of results) {
+    const refused: Rejection[] = []
+    const conflicts: Rejection[] = []
+    results.forEach((r, i) => {
+      const [, g] = groups[i]!
+      if (r.stored > 0) for (const listener of this.listeners) listener(g.type, r.stored)
       summary.accepted += r.stored
       summary.duplicates += r.duplicates
-    }
+      summary.conflictingDuplicates += r.conflicts.length
+      const of = (index: number) => ({ message: g.messages[index]!, eventId: g.rows[index]!.eventId, eventType: g.type })
+      for (const x of r.rejected) refused.push({ ...of(x.index), reason: 'storage_rejected', detail: x.detail })
+      for (const x of r.conflicts) conflicts.push({ ...of(x.index), reason: 'conflicting_duplicate', detail: x.detail })
+    })
+    await this.recordRejections([...refused, ...conflicts])
+    rejections.push(...refused)
     summary.rejected = rejections.length
     for (const r of rejections) summary.rejectedByReason[r.reason] = (summary.rejectedByReason[r.reason] ?? 0) + 1
     for (const listener of this.ingestedListeners) listener(summary, rejections)
-    return { summary, rejections }
+    return { summary, rejections, conflicts }
   }
 
   private async recordRejections(rejections: Rejection[]): Promise<void> {

@@ -1,6 +1,9 @@
 // Step two: a valid contract event -> the row of its ClickHouse table (clickhouse/migrations/001_events.sql).
 import { createHash } from 'node:crypto'
 import type { AuthEvent, InboundEvent, InboundType, KeyLifecycle, KeyRatelimited, KeyUsage, LeakReported } from '../contract/events.ts'
+import { chTime, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from './time.ts'
+
+export { chTime }
 
 export type TableName = 'key_usage' | 'key_ratelimits' | 'auth_events' | 'key_lifecycle' | 'leak_reports'
 
@@ -12,6 +15,18 @@ export const TABLE_OF: Record<InboundType, TableName> = {
   'leak.reported': 'leak_reports',
 }
 
+/**
+ * How long each table keeps an event (its TTL in clickhouse/migrations/001_events.sql, less a day so nothing is
+ * accepted only to expire within hours). An older event is rejected as `outside_retention`, never stored and dropped.
+ */
+export const RETENTION_DAYS: Record<TableName, number> = {
+  key_usage: 399,
+  key_ratelimits: 399,
+  auth_events: 399,
+  key_lifecycle: 5 * 365 - 1,
+  leak_reports: 399,
+}
+
 /** A row plus what the writer needs to deduplicate it. */
 export interface Row {
   eventId: string
@@ -21,18 +36,13 @@ export interface Row {
 
 export function toRow(type: InboundType, event: InboundEvent): Row {
   const eventId = event.event_id.toLowerCase()
-  const occurredAtMs = Date.parse(event.occurred_at)
+  const occurredAtMs = parseTimestamp(event.occurred_at)
   return { eventId, occurredAtMs, values: ROW_OF[type](event as never, eventId, chTime(occurredAtMs)) }
 }
 
-/** ClickHouse's own DateTime64(3) text form, in UTC: parsed at insert without guessing. */
-export function chTime(ms: number): string {
-  const iso = new Date(ms).toISOString()
-  return `${iso.slice(0, 10)} ${iso.slice(11, 23)}`
-}
-
+/** A date-time field other than occurred_at: kept at the nearest time DateTime64(3) can hold (1900 to 2299). */
 function chTimeOrNull(rfc3339: string | null | undefined): string | null {
-  return rfc3339 == null ? null : chTime(Date.parse(rfc3339))
+  return rfc3339 == null ? null : chTime(Math.min(MAX_STORABLE_MS, Math.max(MIN_STORABLE_MS, parseTimestamp(rfc3339))))
 }
 
 const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: string) => Record<string, unknown> } = {

@@ -1,16 +1,25 @@
 // Step three: a batching writer per table. Rows wait in a buffer until it is full, or until the table's current
 // batch has looked up its duplicates (group commit: batches grow with the load), or briefly when the table is idle;
-// then they go to ClickHouse as one insert; each caller's promise settles only when the insert covering its rows is acknowledged,
-// which is what lets the Kafka consumer commit offsets safely. Rows are never dropped: a failed insert is retried
-// with the same deduplication token, and when retries run out the callers get the error (and do not commit).
+// then they go to ClickHouse as one insert (or a few: see `byPartitionSpan`); each caller's promise settles only
+// when the inserts covering its rows are acknowledged, which is what lets the Kafka consumer commit offsets safely.
+// Rows are never dropped: a failed insert that retrying may cure is retried with the same deduplication token, and
+// when retries run out the callers get the error (and do not commit). An insert the engine refuses for good is cut
+// in halves until the events it refuses are found: those come back as `rejected` (with the engine's message), the
+// rest are stored. No single event can fail its batch.
 import { createHash } from 'node:crypto'
-import { ClickHouseError } from '@clickhouse/client'
+import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedError } from '../clickhouse/errors.ts'
 import type { Storage } from '../clickhouse/client.ts'
-import { chTime, type Row, type TableName } from './rows.ts'
+import { chTime, TABLE_OF, type Row, type TableName } from './rows.ts'
+
+export { isRetriable, StorageBusyError, StorageRejectedError }
 
 export interface WriteResult {
   stored: number
   duplicates: number
+  /** Duplicates (counted in `duplicates`) whose stored version differs: index into the rows written, and how. */
+  conflicts: { index: number; detail: string }[]
+  /** Rows the engine refused for good (not counted above): index into the rows written, and the engine's message. */
+  rejected: { index: number; detail: string }[]
 }
 
 export interface WriterOptions {
@@ -22,19 +31,12 @@ export interface WriterOptions {
   maxInflight: number
   retries?: number
   onFlush?: (table: TableName, stats: { rows: number; stored: number; duplicates: number; ms: number; lookupMs: number }) => void
+  /** An insert failed for good after its raw rows were committed (a view failed): the views need a repair. */
+  onPartialInsert?: (table: TableName) => void
 }
 
-/** An insert failed after its retries; `retriable` says whether trying the same rows later may work. */
-export class StorageWriteError extends Error {
-  constructor(
-    message: string,
-    readonly retriable: boolean,
-    options?: ErrorOptions,
-  ) {
-    super(message, options)
-    this.name = 'StorageWriteError'
-  }
-}
+/** @deprecated the two classes below say which kind of failure it is; kept for callers that test `retriable`. */
+export type StorageWriteError = StorageBusyError | StorageRejectedError
 
 interface Waiter {
   rows: Row[]
@@ -56,6 +58,16 @@ class Semaphore {
       this.queue.shift()?.()
     }
   }
+  /** Runs `fn` once every slot is free, holding them all (nothing else runs meanwhile). */
+  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const releases: (() => void)[] = []
+    try {
+      for (let i = 0; i < this.limit; i++) releases.push(await this.acquire())
+      return await fn()
+    } finally {
+      for (const r of releases) r()
+    }
+  }
 }
 
 interface TableState {
@@ -66,10 +78,10 @@ interface TableState {
   lookingUp: boolean
   /** Settles when the latest batch knows which of its rows are new. */
   lastLookup: Promise<void>
-  /** Settles when the latest batch's insert is acknowledged; rejects if it failed. */
-  lastInsert: Promise<void>
-  /** Ids of batches handed to ClickHouse but not yet acknowledged. */
-  unsettled: Set<string>
+  /** Settles when the latest batch's inserts are done: true if they were acknowledged, false if they failed. */
+  lastInsert: Promise<boolean>
+  /** Ids (and occurred_at) of rows handed to ClickHouse but not yet acknowledged. */
+  unsettled: Map<string, number>
   /** Fencing (issue 16): how many batches had rows fenced; a batch looked up before a fence looks up again. */
   fences: number
 }
@@ -78,9 +90,19 @@ interface TableState {
 export class FencedWriteError extends Error {
   constructor() {
     super('partition handed over to another instance; rows not written here')
-    this.name = 'FencedBatchError'
+    this.name = 'FencedWriteError'
   }
 }
+
+/**
+ * Days one insert may span: key_usage feeds a rollup partitioned by day (key_usage_hourly), every other table and
+ * view is partitioned by month or coarser (64 * 28 days: at most 66 months). ClickHouse's limit is 100 a block.
+ */
+const MAX_DAYS_PER_INSERT = 64
+const SPAN_DAYS: Record<TableName, number> = { key_usage: MAX_DAYS_PER_INSERT, key_ratelimits: 64 * 28, auth_events: 64 * 28, key_lifecycle: 64 * 28, leak_reports: 64 * 28 }
+const DAY_MS = 86_400_000
+
+const TYPE_OF_TABLE = Object.fromEntries(Object.entries(TABLE_OF).map(([type, table]) => [table, type])) as Record<TableName, string>
 
 export class EventWriter {
   private readonly tables = new Map<TableName, TableState>()
@@ -94,9 +116,9 @@ export class EventWriter {
     this.limiter = new Semaphore(options.maxInflight)
   }
 
-  /** Queues rows of one table; resolves once they are stored (or found already stored). */
+  /** Queues rows of one table; resolves once they are stored (or found already stored, or refused for good). */
   write(table: TableName, rows: Row[], owned?: () => boolean): Promise<WriteResult> {
-    if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0 })
+    if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0, conflicts: [], rejected: [] })
     const state = this.state(table)
     const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, owned, resolve, reject }))
     state.rows += rows.length
@@ -113,9 +135,14 @@ export class EventWriter {
     while (this.inflight.size) await Promise.allSettled([...this.inflight])
   }
 
+  /** Runs `fn` while no lookup or insert of this writer runs (a repair that rewrites rollups must not race an insert). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.limiter.exclusive(fn)
+  }
+
   private state(table: TableName): TableState {
     let state = this.tables.get(table)
-    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(), unsettled: new Set(), fences: 0 }))
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Map(), fences: 0 }))
     return state
   }
 
@@ -133,149 +160,267 @@ export class EventWriter {
 
   /**
    * Looks up which rows are stored already while the previous batch of the table is still inserting, then inserts
-   * the rest once that batch is acknowledged. Rows of earlier unacknowledged batches count as stored: if one of
-   * those batches fails, this one fails too, so nothing is skipped on the strength of an insert that did not land.
+   * the rest once that batch is done. Rows of earlier unacknowledged batches count as stored; if such a batch failed,
+   * the rows skipped on its account are looked up again and stored if they did not land.
    */
   private async insertBatch(table: TableName, state: TableState, waiters: Waiter[]): Promise<void> {
     const all = waiters
     const previous = state.lastInsert
     const previousLookup = state.lastLookup
     let rows = waiters.flatMap((w) => w.rows)
-    const fresh = new Map<string, Row>()
+    const type = TYPE_OF_TABLE[table]
+    /** Index of each id's first row in `rows`: the rows to insert. */
+    const fresh = new Map<string, number>()
+    const conflicts = new Map<number, string>()
+    const refused = new Map<Row, string>()
+    /** Rows skipped because an unacknowledged earlier batch carries their id. */
+    let aheadDuplicates: number[] = []
     const fencesAtLookup = state.fences // fencing (issue 16)
-    const everUnsettled = new Set<string>()
-    let markInserted!: () => void
-    let markFailed!: (err: unknown) => void
-    const inserted = new Promise<void>((resolve, reject) => ((markInserted = resolve), (markFailed = reject)))
-    inserted.catch(() => undefined) // observed by the next batch
+    /** Every id this batch claimed in `unsettled`, released when it is done. */
+    const claimed = new Set<string>()
+    const claim = (id: string, at: number) => (state.unsettled.set(id, at), claimed.add(id))
+    // First occurrence wins: the stored one, else one in flight, else the first in this batch.
+    const classify = (existing: Map<string, { at: number; type: string }>, ahead: Map<string, number>) => {
+      fresh.clear()
+      conflicts.clear()
+      aheadDuplicates = []
+      for (let i = 0; i < rows.length; i++) {
+        const row = rows[i]!
+        const stored = existing.get(row.eventId)
+        if (stored) {
+          if (stored.at !== row.occurredAtMs || stored.type !== type) {
+            conflicts.set(i, `event_id stored before as a ${stored.type} event of ${new Date(stored.at).toISOString()}; the first stored version stays`)
+          }
+          continue
+        }
+        const inFlight = ahead.get(row.eventId)
+        if (inFlight !== undefined) {
+          aheadDuplicates.push(i)
+          if (inFlight !== row.occurredAtMs) conflicts.set(i, `event_id being stored with occurred_at ${new Date(inFlight).toISOString()}; the first version stays`)
+          continue
+        }
+        const first = fresh.get(row.eventId)
+        if (first === undefined) fresh.set(row.eventId, i)
+        else if (!sameContents(rows[first]!, row)) conflicts.set(i, 'event_id seen earlier in the same batch with other contents; the first version stays')
+      }
+      for (const [id, i] of fresh) claim(id, rows[i]!.occurredAtMs)
+    }
+    let markDone!: (ok: boolean) => void
+    state.lastInsert = new Promise<boolean>((resolve) => (markDone = resolve))
     let markLookedUp!: () => void
     state.lastLookup = new Promise<void>((resolve) => (markLookedUp = resolve))
-    state.lastInsert = inserted
     state.lookingUp = true
     const started = performance.now()
     let lookupMs = 0
     try {
       await previousLookup // the ids of every earlier batch are known (stored, or in `unsettled`)
-      const ahead = new Set(state.unsettled)
+      const ahead = new Map(state.unsettled)
       const release = await this.limiter.acquire()
       try {
-        const existing = await this.withRetries(() => this.storedIds(rows))
+        const existing = await this.withRetries(() => this.storedIds(rows), `looking up ${table} event ids`)
         lookupMs = performance.now() - started
-        // First occurrence wins: a batch may also carry the same event twice.
-        for (const row of rows) {
-          if (!existing.has(row.eventId) && !ahead.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
-        }
-        for (const id of fresh.keys()) state.unsettled.add(id), everUnsettled.add(id)
+        classify(existing, ahead)
       } finally {
         release()
         markLookedUp()
         state.lookingUp = false
         this.flush(table) // what piled up during the lookup goes next
       }
-      await previous
-      const release2 = await this.limiter.acquire()
-      try {
-        // ---- fencing (issue 16) ----
-        // Rows of a partition handed over are not written here: the new owner writes them. A batch that looked up
-        // while an earlier one still counted fenced rows as in flight looks up again, so none is skipped on their
-        // strength.
-        const fenced = waiters.filter((w) => w.owned && !w.owned())
-        if (fenced.length) {
-          state.fences++
-          for (const w of fenced) w.reject(new FencedWriteError())
-          waiters = waiters.filter((w) => !fenced.includes(w))
-          rows = waiters.flatMap((w) => w.rows)
+      if (!(await previous) && aheadDuplicates.length) {
+        // The batch those rows counted on failed: what of it did not land goes in with this one.
+        const again = await this.withRetries(() => this.storedIds(aheadDuplicates.map((i) => rows[i]!)), `looking up ${table} event ids`)
+        for (const i of aheadDuplicates) {
+          const row = rows[i]!
+          if (!again.has(row.eventId) && !fresh.has(row.eventId)) {
+            fresh.set(row.eventId, i)
+            conflicts.delete(i)
+            claim(row.eventId, row.occurredAtMs)
+          }
         }
-        if (state.fences !== fencesAtLookup) {
-          // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
-          const claimedLater = new Set([...state.unsettled].filter((id) => !everUnsettled.has(id)))
-          const existing = await this.withRetries(() => this.storedIds(rows))
-          fresh.clear()
-          for (const row of rows) if (!existing.has(row.eventId) && !claimedLater.has(row.eventId) && !fresh.has(row.eventId)) fresh.set(row.eventId, row)
-          for (const id of fresh.keys()) state.unsettled.add(id), everUnsettled.add(id)
-        }
-        // ---- end fencing ----
-        if (fresh.size > 0) {
-          const values = [...fresh.values()].map((r) => r.values)
-          // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
-          const token = createHash('sha256').update([...fresh.keys()].join(',')).digest('hex')
-          let attempt = 0
-          await this.withRetries(() => {
-            // fencing (issue 16): a retry goes only while every partition of the batch is still ours
-            if (attempt++ > 0 && waiters.some((w) => w.owned && !w.owned())) throw new FencedWriteError()
-            return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
-          })
-        }
-      } finally {
-        release2()
+        aheadDuplicates = []
       }
-      markInserted()
+      // ---- fencing (issue 16) ----
+      // Rows of a partition handed over are not written here: the new owner writes them. A batch that looked up
+      // while an earlier one still counted fenced rows as in flight looks up again, so none is skipped on their
+      // strength.
+      const fenced = waiters.filter((w) => w.owned && !w.owned())
+      if (fenced.length) {
+        state.fences++
+        for (const w of fenced) w.reject(new FencedWriteError())
+        waiters = waiters.filter((w) => !fenced.includes(w))
+        rows = waiters.flatMap((w) => w.rows)
+      }
+      if (state.fences !== fencesAtLookup) {
+        // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
+        for (const id of claimed) state.unsettled.delete(id)
+        const claimedLater = new Map([...state.unsettled].filter(([id]) => !claimed.has(id)))
+        claimed.clear()
+        classify(await this.withRetries(() => this.storedIds(rows), `looking up ${table} event ids`), claimedLater)
+      }
+      const stillOwned = () => waiters.every((w) => !w.owned || w.owned())
+      // ---- end fencing ----
+      const toInsert = [...fresh.values()].map((i) => rows[i]!)
+      for (const part of byPartitionSpan(toInsert, SPAN_DAYS[table])) await this.storeIsolating(table, part, refused, stillOwned)
+      markDone(true)
     } catch (err) {
-      markFailed(err)
+      markDone(false)
       for (const w of all) w.reject(err) // (a fenced waiter was rejected already: no effect)
       return
     } finally {
-      for (const id of everUnsettled) state.unsettled.delete(id)
+      for (const id of claimed) state.unsettled.delete(id)
     }
-    // Attribute stored vs duplicate rows to each caller.
-    const claimed = new Set<string>()
+    // Attribute stored, duplicate, conflicting and refused rows to each caller.
+    let offset = 0
+    let storedTotal = 0
     for (const w of waiters) {
-      let stored = 0
-      for (const row of w.rows) {
-        if (fresh.get(row.eventId) === row && !claimed.has(row.eventId)) {
-          claimed.add(row.eventId)
-          stored++
+      const result: WriteResult = { stored: 0, duplicates: 0, conflicts: [], rejected: [] }
+      for (let j = 0; j < w.rows.length; j++) {
+        const i = offset + j
+        const row = w.rows[j]!
+        const refusal = refused.get(row)
+        if (refusal !== undefined) result.rejected.push({ index: j, detail: refusal })
+        else if (fresh.get(row.eventId) === i) result.stored++
+        else {
+          result.duplicates++
+          const conflict = conflicts.get(i)
+          if (conflict) result.conflicts.push({ index: j, detail: conflict })
         }
       }
-      w.resolve({ stored, duplicates: w.rows.length - stored })
+      storedTotal += result.stored
+      offset += w.rows.length
+      w.resolve(result)
     }
-    this.options.onFlush?.(table, { rows: rows.length, stored: fresh.size, duplicates: rows.length - fresh.size, ms: performance.now() - started, lookupMs })
+    this.options.onFlush?.(table, { rows: rows.length, stored: storedTotal, duplicates: rows.length - storedTotal - refused.size, ms: performance.now() - started, lookupMs })
   }
 
-  /** Which of these events are stored already. Redeliveries carry their original occurred_at: look in that span only. */
-  private async storedIds(rows: Row[]): Promise<Set<string>> {
+  /**
+   * Inserts rows; if the engine refuses them for good, finds the ones it refuses by halving (those that landed
+   * anyway, before a view failed, are kept and reported for a repair of the views), records them in `refused` and
+   * stores the rest. If it refuses every one of several rows, the fault is not in the rows: the error is thrown.
+   */
+  private async storeIsolating(table: TableName, rows: Row[], refused: Map<Row, string>, owned: () => boolean, top = true): Promise<void> {
+    if (rows.length === 0) return
+    try {
+      await this.insert(table, rows, owned)
+      return
+    } catch (err) {
+      if (isRetriable(err) || err instanceof FencedWriteError) throw err
+      const landed = await this.withRetries(() => this.inRawTable(table, rows), `checking what of a refused ${table} insert landed`)
+      if (landed.size) this.options.onPartialInsert?.(table)
+      const rest = landed.size ? rows.filter((r) => !landed.has(r.eventId)) : rows
+      if (rest.length === 1) refused.set(rest[0]!, (err as Error).message)
+      else if (rest.length > 1) {
+        const before = refused.size
+        const mid = rest.length >> 1
+        await this.storeIsolating(table, rest.slice(0, mid), refused, owned, false)
+        await this.storeIsolating(table, rest.slice(mid), refused, owned, false)
+        if (top && refused.size - before === rest.length) {
+          for (const r of rest) refused.delete(r)
+          throw err
+        }
+      }
+    }
+  }
+
+  private async insert(table: TableName, rows: Row[], owned: () => boolean): Promise<void> {
+    const release = await this.limiter.acquire()
+    try {
+      const values = rows.map((r) => r.values)
+      // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
+      // Ids and times: another version of an id (another occurred_at) is another block, never taken for this one.
+      const hash = createHash('sha256')
+      for (const r of rows) hash.update(`${r.eventId}@${r.occurredAtMs},`)
+      const token = hash.digest('hex')
+      let attempt = 0
+      await this.withRetries(() => {
+        // fencing (issue 16): a retry goes only while every partition of the batch is still ours
+        if (attempt++ > 0 && !owned()) throw new FencedWriteError()
+        return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
+      }, `ClickHouse refused ${rows.length} ${table} row(s)`)
+    } finally {
+      release()
+    }
+  }
+
+  /** Which of these events are stored already, by event_id alone, with the stored version's time and type. */
+  private async storedIds(rows: Row[]): Promise<Map<string, { at: number; type: string }>> {
+    const found = new Map<string, { at: number; type: string }>()
+    const CHUNK = 10_000 // keeps the query parameters well under the server's URL limit
+    for (let i = 0; i < rows.length; i += CHUNK) {
+      const rs = await this.storage.client.query({
+        query: `SELECT toString(event_id) AS id, toUnixTimestamp64Milli(any(occurred_at)) AS at, any(type) AS type FROM event_ids_by_id
+                WHERE event_id IN {ids:Array(UUID)} GROUP BY event_id`,
+        query_params: { ids: rows.slice(i, i + CHUNK).map((r) => r.eventId) },
+        format: 'JSONCompactEachRow',
+      })
+      for (const [id, at, type] of await rs.json<[string, number | string, string]>()) found.set(id, { at: Number(at), type })
+    }
+    return found
+  }
+
+  /** Which of these rows are in their raw table (after a failed insert: a raw part may be committed before a view failed). */
+  private async inRawTable(table: TableName, rows: Row[]): Promise<Set<string>> {
     let from = Infinity
     let to = -Infinity
     for (const r of rows) {
       if (r.occurredAtMs < from) from = r.occurredAtMs
       if (r.occurredAtMs > to) to = r.occurredAtMs
     }
-    const found = new Set<string>()
-    const CHUNK = 10_000 // keeps the query parameters well under the server's URL limit
-    for (let i = 0; i < rows.length; i += CHUNK) {
-      const rs = await this.storage.client.query({
-        query: `SELECT toString(event_id) AS id FROM event_ids
-                WHERE occurred_at BETWEEN {from:DateTime64(3, 'UTC')} AND {to:DateTime64(3, 'UTC')}
-                  AND event_id IN {ids:Array(UUID)}`,
-        query_params: { from: chTime(from), to: chTime(to), ids: rows.slice(i, i + CHUNK).map((r) => r.eventId) },
-        format: 'JSONCompactEachRow',
-      })
-      for (const [id] of await rs.json<[string]>()) found.add(id)
-    }
-    return found
+    const rs = await this.storage.client.query({
+      query: `SELECT DISTINCT toString(event_id) FROM {table:Identifier}
+              WHERE occurred_at BETWEEN {from:DateTime64(3, 'UTC')} AND {to:DateTime64(3, 'UTC')} AND event_id IN {ids:Array(UUID)}`,
+      query_params: { table, from: chTime(from), to: chTime(to), ids: rows.map((r) => r.eventId) },
+      format: 'JSONCompactEachRow',
+    })
+    return new Set((await rs.json<[string]>()).map(([id]) => id))
   }
 
-  private async withRetries<T>(op: () => Promise<T>): Promise<T> {
+  private async withRetries<T>(op: () => Promise<T>, what: string): Promise<T> {
     const attempts = (this.options.retries ?? 5) + 1
     for (let attempt = 1; ; attempt++) {
       try {
         return await op()
       } catch (err) {
-        const retriable = isRetriable(err)
-        if (!retriable || attempt >= attempts) {
-          throw new StorageWriteError(`ClickHouse write failed after ${attempt} attempt(s): ${(err as Error).message}`, retriable, { cause: err })
-        }
+        if (err instanceof FencedWriteError) throw err
+        const classified = classifyStorageError(err, `${what} (after ${attempt} attempt(s))`)
+        if (!classified.retriable || attempt >= attempts) throw classified
         await new Promise((r) => setTimeout(r, Math.min(10_000, 200 * 2 ** (attempt - 1))))
       }
     }
   }
 }
 
-// Server-side conditions that pass with time (load, merges, memory, network), by ClickHouse error code.
-const RETRIABLE_CODES = new Set(['159', '164', '202', '203', '209', '210', '241', '252', '319', '425', '999'])
+/**
+ * The rows as inserts that each span fewer than `spanDays` days, so no insert (nor a view it feeds) writes more
+ * partitions than ClickHouse allows in one block (100). A batch of recent events is one insert; only a batch that
+ * spreads wider (a backfill) is sorted by time and cut.
+ */
+export function byPartitionSpan(rows: Row[], spanDays = MAX_DAYS_PER_INSERT): Row[][] {
+  if (rows.length === 0) return []
+  let min = Infinity
+  let max = -Infinity
+  for (const r of rows) {
+    if (r.occurredAtMs < min) min = r.occurredAtMs
+    if (r.occurredAtMs > max) max = r.occurredAtMs
+  }
+  if (Math.floor(max / DAY_MS) - Math.floor(min / DAY_MS) < spanDays) return [rows]
+  const sorted = [...rows].sort((a, b) => a.occurredAtMs - b.occurredAtMs)
+  const parts: Row[][] = []
+  let part: Row[] = []
+  let firstDay = 0
+  for (const r of sorted) {
+    const day = Math.floor(r.occurredAtMs / DAY_MS)
+    if (part.length && day - firstDay >= spanDays) {
+      parts.push(part)
+      part = []
+    }
+    if (!part.length) firstDay = day
+    part.push(r)
+  }
+  parts.push(part)
+  return parts
+}
 
-export function isRetriable(err: unknown): boolean {
-  if (err instanceof ClickHouseError) return RETRIABLE_CODES.has(String(err.code))
-  const code = (err as { code?: string })?.code
-  return typeof code === 'string' && /^(ECONNRESET|ECONNREFUSED|ETIMEDOUT|EPIPE|EAI_AGAIN|UND_ERR_SOCKET|ECONNABORTED)$/.test(code)
+function sameContents(a: Row, b: Row): boolean {
+  return a.occurredAtMs === b.occurredAtMs && JSON.stringify(a.values) === JSON.stringify(b.values)
 }

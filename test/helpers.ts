@@ -71,7 +71,7 @@ export function runCli(args: string[], env: Record<string, string>, input?: stri
 }
 
 /** Starts `keywatch start` and resolves once its log says it started. */
-export async function startKeywatch(env: Record<string, string>, args = ['start']): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
+export async function startKeywatch(env: Record<string, string>, args = ['start'], startTimeoutMs = 60_000): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
   const child = spawn(NODE, [BIN, ...args], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
   // A failing test must not leave a keywatch holding a data directory or a consumer group.
   const killOnExit = () => child.kill('SIGKILL')
@@ -83,8 +83,8 @@ export async function startKeywatch(env: Record<string, string>, args = ['start'
   const url = await new Promise<string>((resolveUrl, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new Error(`keywatch did not start in 60 s:\n${logs}`))
-    }, 60_000)
+      reject(new Error(`keywatch did not start in ${startTimeoutMs / 1000} s:\n${logs}`))
+    }, startTimeoutMs)
     child.stderr!.on('data', (d: Buffer) => {
       logs += d
       const m = /"url":"([^"]+)"[^\n]*"msg":"keywatch started"/.exec(logs)

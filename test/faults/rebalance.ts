@@ -26,6 +26,7 @@ export async function rebalanceRun(brokers: string, storage: Storage, opts: { n:
     clientId: `kwf-${run}`,
     groupId: `keywatch-faults-${run}`,
     controlTopic: `control-faults-${run}`,
+    sessionTimeoutMs: 15_000,
     topics: {
       usage: `usage-faults-${run}`,
       ratelimits: `ratelimits-faults-${run}`,
