@@ -76,7 +76,7 @@ export function registerAudit(app: FastifyInstance, audit: AuditLog, options: Au
         target: params.id ?? query,
         request_id: String(request.id),
         outcome,
-        detail: { method: request.method, route: request.routeOptions.url, status, ...requesterOf(request), ...(request.auditDetail ?? {}) },
+        detail: { method: request.method, route: request.routeOptions.url, status, ...requesterOf(request), ...(request.stepUp ? { step_up: request.stepUp } : {}), ...(request.auditDetail ?? {}) },
       })
     } catch (err) {
       request.log.error({ err: String(err), action }, 'could not record the audit entry')

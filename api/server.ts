@@ -23,6 +23,7 @@ import { registerAudit } from './audit.ts'
 import { registerAuth } from './auth.ts'
 import { registerBodyDecoding } from './body.ts'
 import { registerAnonymousLimit } from './limits.ts'
+import { registerStepUp, type StepUp } from './step-up.ts'
 import { detectorRoutes } from './detectors.ts'
 import { ApiError } from './errors.ts'
 import { exportRoutes, type ExportApiDeps } from './exports.ts'
@@ -59,6 +60,8 @@ export interface ApiDeps {
   rateLimitPerMinute?: number
   /** Bytes a POST /v1/events body may have, decoded (default 16 MiB). */
   eventsBodyLimit?: number
+  /** Step-up for sensitive actions (routes with `config.stepUp`); undefined: off (STEP_UP=off, behind an SSO). */
+  stepUp?: StepUp
   /** More route groups (exports, Slack interactions), each registered in its own scope after the core routes. */
   plugins?: ((scope: FastifyInstance) => Promise<void>)[]
 }
@@ -155,6 +158,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     errorResponseBuilder: (_request, context) => new ApiError(429, 'rate_limited', `more than ${context.max} requests a minute: retry in ${context.after}`),
   })
   if (deps.audit) registerAudit(app, deps.audit)
+  if (deps.stepUp) registerStepUp(app, deps.stepUp)
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }))
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
@@ -187,7 +191,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => findingRoutes(scope, deps))
   await app.register(async (scope) => detectorRoutes(scope, deps))
   await app.register(async (scope) => responseRoutes(scope, deps))
-  await app.register(async (scope) => tokenRoutes(scope, deps))
+  await app.register(async (scope) => tokenRoutes(scope, { tokens: deps.tokens, stepUp: deps.stepUp }))
   await app.register(async (scope) => statsRoutes(scope, deps))
   const exports = deps.exports
   if (exports) await app.register(async (scope) => exportRoutes(scope, exports))

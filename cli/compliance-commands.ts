@@ -100,7 +100,7 @@ async function runVerifyAudit(): Promise<void> {
     (rt) => rt.audit.verify(),
   )
   if (result.ok) {
-    process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}\n`)
+    process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}; ${result.anchors} anchors kept outside ClickHouse agree\n`)
     process.stdout.write(`signed checkpoints cover records 1-${result.signed_through}; ${result.unsigned} newer ones are protected by the chain only until the next checkpoint\n`)
   }
   else {

@@ -13,6 +13,7 @@ import { KafkaProducer } from '../ingest/kafka.ts'
 import type { ApiDeps } from '../api/server.ts'
 import { Metrics } from '../api/metrics.ts'
 import { TokenStore } from '../api/tokens.ts'
+import { StepUp } from '../api/step-up.ts'
 import { AuditTrail } from '../audit/trail.ts'
 import { AlertService } from '../alerts/service.ts'
 import { slackInteractionRoutes } from '../alerts/interactions.ts'
@@ -38,6 +39,8 @@ export interface Runtime {
   actions: ActionStore
   response: ResponseEngine
   tokens: TokenStore
+  /** Step-up codes (TOTP) for sensitive actions: enrolment and the verifier (`verifyStepUp`). */
+  stepUp: StepUp
   metrics: Metrics
   /** keywatch's own hash-chained audit trail. */
   audit: AuditTrail
@@ -104,8 +107,10 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   // The export signing key also signs the audit trail's checkpoints: a rewrite inside ClickHouse cannot forge them.
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
-  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  // Checkpoints also go to the anchor file, outside ClickHouse: a writer there cannot remove them unseen.
+  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer, anchorFile: config.security.auditAnchorFile })
   const alerts = new AlertService(storage.client, config.alerts, log)
+  const stepUp = new StepUp(storage.client, { sealingKey: signer })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
     // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.
@@ -150,6 +155,7 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
     actions,
     response,
     tokens,
+    stepUp,
     metrics,
     audit,
     alerts,
@@ -229,6 +235,8 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     plugins: rt.config.alerts.signingSecret ? [slackPlugin(rt, rt.config.alerts.signingSecret)] : [],
     exports: { storage: rt.storage, dir: rt.config.exports.dir, signingKey: rt.exportSigningKey, version: rt.version, trail: rt.audit },
     rateLimitPerMinute: rt.config.http.rateLimitPerMinute,
+    eventsBodyLimit: rt.config.http.eventsBodyLimit,
+    stepUp: rt.config.security.stepUp === 'totp' ? rt.stepUp : undefined,
     ...extra,
   }
 }
