@@ -58,11 +58,11 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_checkpoints' })
     await close()
     const r = await runCli(['verify-audit'], env)
+    await open()
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stdout).toMatch(/^BROKEN at record \d+ \(changed\): records up to \d+ were rewritten: the anchor file/)
     expect(r.stdout).toContain('3 signed checkpoints recorded in')
     expect(r.stdout).toContain('are missing from audit_checkpoints (records 10, 20, 30)')
-    await open()
   })
 
   it('the last records deleted with the checkpoints beyond them: verify-audit exits 1 naming the missing records', async () => {
@@ -80,9 +80,9 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     await mutate('ALTER TABLE audit_checkpoints DELETE WHERE seq > 20')
     await close()
     const r = await runCli(['verify-audit'], env)
+    await open()
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stdout).toMatch(/^BROKEN at record 21 \(deleted\): records 21-30 are missing: the trail ends at record 20, but the anchor file/)
-    await open()
   })
 })
 
