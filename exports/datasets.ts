@@ -34,7 +34,7 @@ SELECT occurred_at, source, event_id, account_id, actor, action, target, key_pre
            '', '', 'ok', ifNull(reason, ifNull(replacement_key_id, ''))
     FROM key_lifecycle WHERE ${WINDOW}
     UNION ALL
-    SELECT at, 'keywatch', toString(seq), '', actor, action, target, '', '', '', outcome, detail
+    SELECT at, 'keywatch', toString(seq), '', actor, action, target, '', JSONExtractString(detail, 'ip'), '', outcome, detail
     FROM audit_trail WHERE at >= {from:DateTime64(3, 'UTC')} AND at < {to:DateTime64(3, 'UTC')} AND at <= {snapshot:DateTime64(3, 'UTC')}
 )
 WHERE ({account:String} = '' OR account_id = {account:String}) AND ({actor:String} = '' OR actor = {actor:String})

@@ -1,7 +1,7 @@
 // The breaks an outside review found (issue 15), each as the reviewer did it, on the real engine, through the API
 // and the CLI as they are used: each test failed before the hardening and passes after it.
 import { generateKeyPairSync, randomUUID, sign } from 'node:crypto'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { deflateSync, gzipSync } from 'node:zlib'
@@ -69,7 +69,7 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     // A fresh trail for this case.
     await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_trail' })
     await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_checkpoints' })
-    writeFileSync(env.AUDIT_ANCHOR_FILE, '')
+    rmSync(env.AUDIT_ANCHOR_FILE, { force: true })
     await close()
     await open()
     for (let i = 0; i < 30; i++) {
