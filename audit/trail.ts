@@ -87,6 +87,8 @@ export interface AuditTrailOptions {
   anchorFile?: string
   /** Records this much older than the newest checkpoint may go unsigned (default: 4 checkpoint intervals). */
   unsignedGraceMs?: number
+  /** More anchors kept outside ClickHouse, read at each verify (the audit heads of signed export manifests). */
+  moreAnchors?: () => Anchor[]
 }
 
 /** The checkpoints in an anchor file, each with its line number; unreadable lines are reported, not skipped. */
@@ -251,7 +253,7 @@ export class AuditTrail implements AuditLog {
         fileAnchors.push(c)
       }
     }
-    const anchors = [...(options.anchors ?? []), ...fileAnchors.map((c) => ({ seq: c.seq, hash: c.hash, source: `the anchor file (checkpoint signed at ${c.at})` }))].sort((a, b) => a.seq - b.seq)
+    const anchors = [...(options.anchors ?? []), ...(trusted ? (this.options.moreAnchors?.() ?? []) : []), ...fileAnchors.map((c) => ({ seq: c.seq, hash: c.hash, source: `the anchor file (checkpoint signed at ${c.at})` }))].sort((a, b) => a.seq - b.seq)
     const anchorCount = anchors.length
     const walked = await this.walk(anchors, trusted)
     // Checkpoints the anchor file has and the table has not: removed (perhaps to hide a rewrite).

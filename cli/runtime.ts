@@ -17,9 +17,9 @@ import { StepUp } from '../api/step-up.ts'
 import { AuditTrail } from '../audit/trail.ts'
 import { AlertService } from '../alerts/service.ts'
 import { slackInteractionRoutes } from '../alerts/interactions.ts'
-import { loadSigningKey } from '../exports/export.ts'
+import { loadSigningKey, manifestAnchors } from '../exports/export.ts'
 import { scheduleExports } from '../exports/schedule.ts'
-import type { KeyObject } from 'node:crypto'
+import { createPublicKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
@@ -108,7 +108,11 @@ export async function openRuntime(config: Config, log: Logger): Promise<Runtime>
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
   // Checkpoints also go to the anchor file, outside ClickHouse: a writer there cannot remove them unseen.
-  const audit = new AuditTrail(storage.client, Date.now, { signingKey: signer, anchorFile: config.security.auditAnchorFile })
+  const audit = new AuditTrail(storage.client, Date.now, {
+    signingKey: signer,
+    anchorFile: config.security.auditAnchorFile,
+    moreAnchors: () => manifestAnchors(config.exports.dir, createPublicKey(signer())),
+  })
   const alerts = new AlertService(storage.client, config.alerts, log)
   const stepUp = new StepUp(storage.client, { sealingKey: signer })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).

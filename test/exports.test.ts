@@ -181,7 +181,7 @@ describe('the manifest', () => {
     const pinned = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json')], { EXPORT_PUBLIC_KEY_FILE: publicKeyFile })
     expect(pinned.code, pinned.stdout + pinned.stderr).toBe(0)
     expect((await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', join(out, 'stranger.pem')], {})).code).toBe(1)
-  })
+  }, 180_000) // four runs of the CLI
 })
 
 describe('scheduled exports', () => {

@@ -84,6 +84,22 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stdout).toMatch(/^BROKEN at record 21 \(deleted\): records 21-30 are missing: the trail ends at record 20, but the anchor file/)
   })
+
+  it('an export manifest\'s audit head anchors the trail too, with the anchor file lost', async () => {
+    await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_trail' })
+    await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_checkpoints' })
+    rmSync(env.AUDIT_ANCHOR_FILE, { force: true })
+    await close()
+    await open()
+    for (let i = 0; i < 12; i++) await note(i)
+    const m = await exportToFile(rt.storage, { dataset: 'security-log', format: 'csv', filter: { from: '2026-01-01T00:00:00Z', to: '2030-01-01T00:00:00Z' }, actor: 'cli:test' }, join(rt.config.exports.dir, 'anchored.csv'), rt.exportSigningKey(), rt.version)
+    expect(m.audit_head?.seq).toBe(12)
+    await mutate('ALTER TABLE audit_trail DELETE WHERE seq > 6')
+    await mutate('ALTER TABLE audit_checkpoints DELETE WHERE 1')
+    rmSync(env.AUDIT_ANCHOR_FILE, { force: true })
+    const result = await rt.audit.verify()
+    expect(result).toMatchObject({ ok: false, seq: 7, problem: 'deleted', message: `records 7-12 are missing: the trail ends at record 6, but the manifest of ${m.export_id} recorded record 12` })
+  })
 })
 
 describe('2. GitHub replays are judged by what was sent', () => {
