@@ -54,7 +54,7 @@ export async function slackInteractionRoutes(app: FastifyInstance, deps: Interac
     const { action_id, value: findingId } = actions[0]!
     const actor = `slack:${user.id}`
     const audit = (outcome: 'ok' | 'denied' | 'refused' | 'failed', detail: Record<string, unknown> = {}) =>
-      deps.audit.record({ actor, action: `slack.${action_id}`, target: findingId, request_id: String(request.id), outcome, detail })
+      deps.audit.record({ actor, action: `slack.${action_id}`, target: findingId, request_id: String(request.id), outcome, detail: { ip: request.ip, ...detail } })
 
     const role = deps.userRoles[user.id]
     if (!role || !GRANTS[role].includes('respond')) {

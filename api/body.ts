@@ -31,6 +31,8 @@ export function bodyLimitOf(request: FastifyRequest, options: BodyOptions): numb
 
 export function registerBodyDecoding(app: FastifyInstance, options: BodyOptions): void {
   app.addHook('preParsing', async (request, _reply, payload) => {
+    // No body (a GET, most often): nothing to decode or count.
+    if (request.headers['content-length'] === undefined && request.headers['transfer-encoding'] === undefined) return payload
     const limit = bodyLimitOf(request, options)
     const declared = Number(request.headers['content-length'])
     if (limit !== undefined && declared > limit && !request.headers['content-encoding']) throw tooLarge(limit)
