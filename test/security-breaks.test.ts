@@ -63,7 +63,7 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     expect(r.stdout).toMatch(/^BROKEN at record \d+ \(changed\): records up to \d+ were rewritten: the anchor file/)
     expect(r.stdout).toContain('3 signed checkpoints recorded in')
     expect(r.stdout).toContain('are missing from audit_checkpoints (records 10, 20, 30)')
-  })
+  }, 240_000) // the CLI, on a busy machine
 
   it('the last records deleted with the checkpoints beyond them: verify-audit exits 1 naming the missing records', async () => {
     // A fresh trail for this case.
@@ -83,7 +83,7 @@ describe('1. the audit trail cannot be rewritten or cut unseen', () => {
     await open()
     expect(r.code, r.stdout + r.stderr).toBe(1)
     expect(r.stdout).toMatch(/^BROKEN at record 21 \(deleted\): records 21-30 are missing: the trail ends at record 20, but the anchor file/)
-  })
+  }, 240_000)
 
   it('an export manifest\'s audit head anchors the trail too, with the anchor file lost', async () => {
     await rt.storage.client.command({ query: 'TRUNCATE TABLE audit_trail' })
@@ -236,7 +236,7 @@ describe('7. verify-export never says OK without a trusted key', () => {
     expect(r.code, r.stdout).toBe(2)
     expect(r.stdout).not.toMatch(/^OK/m)
     expect(r.stdout).toContain('CANNOT TELL who signed')
-  })
+  }, 240_000)
 })
 
 describe('8. headers', () => {
