@@ -18,7 +18,8 @@ export const SECRET_KINDS: { kind: string; pattern: RegExp; keep: number }[] = [
   { kind: 'keywatch_token', pattern: /kw_[A-Za-z0-9]{32}/g, keep: 3 },
   { kind: 'aws_access_key', pattern: /(?:AKIA|ASIA)[0-9A-Z]{16}/g, keep: 4 },
   { kind: 'google_api_key', pattern: /AIza[0-9A-Za-z_-]{35}/g, keep: 4 },
-  { kind: 'jwt', pattern: /eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}/g, keep: 3 },
+  // Only where a token starts, and bounded: a long run of `eyJ…` without dots must not be tried at every position.
+  { kind: 'jwt', pattern: /(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{8,4096}\.[A-Za-z0-9_-]{8,4096}/g, keep: 3 },
   { kind: 'private_key', pattern: /-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)/g, keep: 11 },
 ]
 
@@ -86,7 +87,9 @@ export function redactText(text: string): { text: string; found: number } {
     })
   }
   // A secret-named field's value, in JSON or something like it: "token": "…", token=…, 'token': '…'.
-  out = out.replace(/(["']?)([A-Za-z_]+)\1(\s*[:=]\s*)(["']?)([^"'\s,;}&]*)/g, (m, q: string, name: string, sep: string, vq: string, value: string) => {
+  // Names are tried only where a word starts, and are short: linear however long the input (a run of letters
+  // would otherwise be split every way).
+  out = out.replace(/(?<![A-Za-z_])(["']?)([A-Za-z_]{1,40})\1(\s{0,8}[:=]\s{0,8})(["']?)([^"'\s,;}&]{0,4096})/g, (m, q: string, name: string, sep: string, vq: string, value: string) => {
     if (!SECRET_FIELDS.test(name) || value.length < 6 || value.includes('[redacted')) return m
     found++
     return `${q}${name}${q}${sep}${vq}[redacted sha256:${sha256(value).slice(0, 16)}]`
