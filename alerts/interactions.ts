@@ -47,11 +47,13 @@ export function verifySlackSignature(secret: string, timestamp: string | undefin
 }
 
 export async function slackInteractionRoutes(app: FastifyInstance, deps: InteractionDeps): Promise<void> {
-  // Raw bytes in this scope: the signature is over the exact body.
-  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
+  // Raw bytes in this scope, whatever the Content-Type says: the signature is over the exact body, and a body that
+  // is not Slack's form is refused after the signature, never parsed before it.
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
 
   app.post('/v1/slack/interactions', { schema: { tags: ['alerts'], summary: 'Slack button clicks (signed by Slack)', security: [] } }, async (request, reply) => {
-    const raw = request.body as Buffer
+    const raw = Buffer.isBuffer(request.body) ? request.body : Buffer.alloc(0)
     const problem = verifySlackSignature(deps.signingSecret, request.headers['x-slack-request-timestamp'] as string | undefined, request.headers['x-slack-signature'] as string | undefined, raw, (deps.now ?? Date.now)())
     if (problem) throw new ApiError(401, 'bad_signature', problem)
 
@@ -61,7 +63,7 @@ export async function slackInteractionRoutes(app: FastifyInstance, deps: Interac
     const { action_id, value: findingId } = actions[0]!
     const actor = `slack:${user.id}`
     const audit = (outcome: 'ok' | 'denied' | 'refused' | 'failed', detail: Record<string, unknown> = {}) =>
-      deps.audit.record({ actor, action: `slack.${action_id}`, target: findingId, request_id: String(request.id), outcome, detail })
+      deps.audit.record({ actor, action: `slack.${action_id}`, target: findingId, request_id: String(request.id), outcome, detail: { ip: request.ip, ...detail } })
 
     const role = deps.userRoles[user.id]
     if (!role || !GRANTS[role].includes('respond')) {

@@ -6,6 +6,7 @@ import { z } from 'zod'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
 import { chTime } from '../ingest/rows.ts'
+import { canonicalSignature } from './ecdsa.ts'
 import { ApiError } from './errors.ts'
 
 /** GitHub's published signing keys: { key_identifier, key (PEM), is_current }. */
@@ -21,9 +22,13 @@ export interface LeakIntakeDeps {
   githubKeys: GithubPublicKey[]
 }
 
+// `source` (content, commit, pull_request…) came later: GitHub's older partner payload has none.
 const githubReport = z.array(
-  z.object({ token: z.string().min(8).max(512), type: z.string().max(128), url: z.string().max(2048).nullable().optional(), source: z.string().max(64) }),
+  z.object({ token: z.string().min(8).max(512), type: z.string().max(128), url: z.string().max(2048).nullable().optional(), source: z.string().max(64).default('github') }),
 ).min(1).max(1000)
+
+/** A body as bytes, whatever parser the Content-Type chose. */
+const bytesOf = (body: unknown): Buffer => (Buffer.isBuffer(body) ? body : typeof body === 'string' ? Buffer.from(body) : Buffer.alloc(0))
 
 const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest('hex')
 
@@ -37,8 +42,11 @@ export async function leakRoutes(app: FastifyInstance, deps: LeakIntakeDeps): Pr
   // Raw bytes: the GitHub signature is over the exact body.
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => done(null, body))
 
+  // Deliveries accepted in the last minute, so two copies sent at once are not both taken for the first.
+  const inFlight = new Set<string>()
+
   app.post('/v1/leaks', { config: { permission: 'ingest' }, schema: { tags: ['ingest'], summary: 'Report a leaked secret (the contract\'s leak.reported)' } }, async (request, reply) => {
-    const raw = request.body as Buffer
+    const raw = bytesOf(request.body)
     const { summary, rejections } = await deps.pipeline.ingest([{ raw, origin: { source: 'http' } }], 'leak.reported')
     if (rejections[0]) throw new ApiError(400, rejections[0].reason, rejections[0].detail)
     return reply.status(202).send({ accepted: summary.accepted, duplicate: summary.duplicates > 0 })
@@ -46,24 +54,30 @@ export async function leakRoutes(app: FastifyInstance, deps: LeakIntakeDeps): Pr
 
   // No token: GitHub signs the body instead.
   app.post('/v1/leaks/github', { schema: { tags: ['ingest'], summary: "GitHub secret-scanning partner reports (ECDSA-signed)", security: [] } }, async (request, reply) => {
-    const raw = request.body as Buffer
+    const raw = bytesOf(request.body)
     const keyId = request.headers['github-public-key-identifier']
     const signature = request.headers['github-public-key-signature']
     if (typeof keyId !== 'string' || typeof signature !== 'string') throw new ApiError(401, 'unsigned', 'Github-Public-Key-Identifier and Github-Public-Key-Signature are required')
     const key = deps.githubKeys.find((k) => k.key_identifier === keyId)
     if (!key) throw new ApiError(401, 'unknown_key', 'the signing key is not one of the configured GitHub keys')
+    const canonical = canonicalSignature(signature)
+    if ('problem' in canonical) throw new ApiError(401, 'bad_signature', canonical.problem)
     let valid = false
     try {
-      valid = verifySignature('sha256', raw, key.key, Buffer.from(signature, 'base64'))
+      valid = verifySignature('sha256', raw, { key: key.key, dsaEncoding: 'ieee-p1363' }, canonical.signature)
     } catch {
       valid = false
     }
     if (!valid) throw new ApiError(401, 'bad_signature', 'the signature does not match the body')
-    // The replay guard is in ClickHouse: it holds across instances and restarts.
-    const signatureHash = sha256(signature)
-    const [seen] = await queryRows<{ n: number }>(deps.client, 'SELECT count() AS n FROM github_deliveries WHERE signature_sha256 = {h:String}', { h: signatureHash })
-    if (Number(seen?.n ?? 0) > 0) throw new ApiError(401, 'replayed', 'this signed payload was already delivered')
-    await deps.client.insert({ table: 'github_deliveries', format: 'JSONEachRow', values: [{ signature_sha256: signatureHash, received_at: chTime(Date.now()) }] })
+    // The replay guard judges what was sent (the key and the body), not how the signature was spelled; it is in
+    // ClickHouse, so it holds across instances and restarts.
+    const delivery = sha256(`${keyId}\u0000${sha256(raw)}`)
+    const [seen] = await queryRows<{ n: number }>(deps.client, 'SELECT count() AS n FROM github_delivery_digests WHERE delivery_sha256 = {h:String}', { h: delivery })
+    if (Number(seen?.n ?? 0) > 0 || inFlight.has(delivery)) throw new ApiError(401, 'replayed', 'this signed payload was already delivered')
+    // Remembered here for a minute too: a copy whose lookup ran before this insert landed is refused all the same.
+    inFlight.add(delivery)
+    setTimeout(() => inFlight.delete(delivery), 60_000).unref()
+    await deps.client.insert({ table: 'github_delivery_digests', format: 'JSONEachRow', values: [{ delivery_sha256: delivery, key_identifier: keyId, received_at: chTime(Date.now()) }] })
 
     let items: z.infer<typeof githubReport>
     try {

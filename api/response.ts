@@ -10,13 +10,6 @@ import { principalOf } from './auth.ts'
 import { ApiError } from './errors.ts'
 import { ACTION_STATUSES, actionParams, instant, keyParams, limit, reason } from './schemas.ts'
 
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** The route needs a fresh second factor (enforced by the step-up hook where it is installed). */
-    stepUp?: boolean
-  }
-}
-
 export interface ResponseApiDeps {
   response: ResponseEngine
   actions: ActionStore
@@ -37,7 +30,8 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
     r.post(
       `/v1/keys/:id/${command}`,
       {
-        config: { permission: 'respond', audit: `key.${command}` },
+        // Forcing a revoke of a key in use is an outage by choice: it needs a current code (step-up).
+        config: { permission: 'respond', audit: `key.${command}`, stepUp: (request) => (request.body as { force?: boolean } | undefined)?.force === true },
         schema: { tags: ['response'], summary: command === 'revoke' ? 'Revoke a key now' : "Reset a key's secret", params: keyParams, body: manualBody },
       },
       async (request) => {
@@ -125,7 +119,7 @@ export async function responseRoutes(app: FastifyInstance, deps: ResponseApiDeps
   for (const [what, paused, permission] of [['pause', true, 'respond'], ['resume', false, 'admin']] as const) {
     r.post(
       `/v1/response/${what}`,
-      { config: { permission, audit: `response.${what}` }, schema: { tags: ['response'], summary: `${what === 'pause' ? 'Pause' : 'Resume'} automatic response`, body: z.strictObject({ reason }) } },
+      { config: { permission, audit: `response.${what}`, stepUp: !paused }, schema: { tags: ['response'], summary: `${what === 'pause' ? 'Pause' : 'Resume'} automatic response`, body: z.strictObject({ reason }) } },
       async (request) => {
         await deps.response.setPaused(paused, principalOf(request).actor, request.body.reason)
         return deps.response.state()

@@ -9,7 +9,7 @@ import fastifyStatic from '@fastify/static'
 import rateLimit from '@fastify/rate-limit'
 import swagger from '@fastify/swagger'
 import swaggerUi from '@fastify/swagger-ui'
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify'
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod'
 import type { AuditLog } from '../audit/audit-log.ts'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
@@ -21,6 +21,9 @@ import type { ActionStore } from '../response/actions.ts'
 import type { ResponseEngine } from '../response/engine.ts'
 import { registerAudit } from './audit.ts'
 import { registerAuth } from './auth.ts'
+import { registerBodyDecoding } from './body.ts'
+import { registerAnonymousLimit } from './limits.ts'
+import { registerStepUp, type StepUp } from './step-up.ts'
 import { detectorRoutes } from './detectors.ts'
 import { HTTP_STATUS_OF_KIND, KeywatchError } from '../core/errors.ts'
 import { ApiError } from './errors.ts'
@@ -60,6 +63,10 @@ export interface ApiDeps {
   exports?: ExportApiDeps
   /** Requests per minute per token (per IP without one). */
   rateLimitPerMinute?: number
+  /** Bytes a POST /v1/events body may have, decoded (default 16 MiB). */
+  eventsBodyLimit?: number
+  /** Step-up for sensitive actions (routes with `config.stepUp`); undefined: off (STEP_UP=off, behind an SSO). */
+  stepUp?: StepUp
   /** More route groups (exports, Slack interactions), each registered in its own scope after the core routes. */
   plugins?: ((scope: FastifyInstance) => Promise<void>)[]
 }
@@ -84,10 +91,32 @@ const UPLOT_DIR = dirname(createRequire(import.meta.url).resolve('uplot'))
 const WHERE: Record<string, string> = { body: 'body', querystring: 'query', params: 'path', headers: 'header' }
 
 const NDJSON_TYPES = ['application/x-ndjson', 'application/ndjson', 'text/plain']
+const BODY_LIMIT = 1024 * 1024
+export const DEFAULT_EVENTS_BODY_LIMIT = 16 * 1024 * 1024
+
+/** The headers of every answer: nothing is sniffed, no referrer leaves, and pages get a strict CSP. */
+const SECURITY_HEADERS = { 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' }
+export const CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+
+/** An error's name, code and first line, for the log: never its stack (it may quote input, and says nothing to a reader). */
+export const errorSummary = (err: unknown) => {
+  const e = err as { name?: string; code?: string; message?: string }
+  return { type: e?.name ?? typeof err, code: e?.code, message: String(e?.message ?? err).split('\n')[0]!.slice(0, 300) }
+}
 
 export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   // Requests are not logged one by one (the audit trail and the metrics cover them); failures are.
-  const app = Fastify({ loggerInstance: deps.log, bodyLimit: 1024 * 1024, requestIdHeader: false, genReqId: () => randomUUID(), logController: new LogController({ disableRequestLogging: true }) })
+  const app = Fastify({
+    loggerInstance: deps.log,
+    bodyLimit: BODY_LIMIT,
+    requestIdHeader: false,
+    genReqId: () => randomUUID(),
+    logController: new LogController({ disableRequestLogging: true }),
+    // A malformed URL or a bad Content-Type is answered in the one error shape too.
+    frameworkErrors: (err, _request, reply: FastifyReply) => {
+      void reply.status(err.statusCode && err.statusCode < 500 ? err.statusCode : 400).send({ error: { code: CODE_OF_STATUS[err.statusCode ?? 400] ?? 'bad_request', message: err.message } })
+    },
+  })
   app.setValidatorCompiler(validatorCompiler)
   app.setSerializerCompiler(serializerCompiler)
 
@@ -107,10 +136,10 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
       return reply.status(415).send({ error: { code: 'unsupported_media_type', message: `unsupported Content-Type ${JSON.stringify(request.headers['content-type'] ?? '')}: send events as NDJSON (application/x-ndjson), everything else as application/json` } })
     }
-    if (err.statusCode && err.statusCode < 500) {
+    if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
       return reply.status(err.statusCode).send({ error: { code: CODE_OF_STATUS[err.statusCode] ?? 'bad_request', message: err.message } })
     }
-    request.log.error({ err }, 'request failed')
+    request.log.error({ err: errorSummary(err), route: request.routeOptions.url }, 'request failed')
     return reply.status(500).send({ error: { code: 'internal', message: 'internal error; see the server log for request ' + request.id } })
   })
   app.setNotFoundHandler((request, reply) => reply.status(404).send({ error: { code: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` } }))
@@ -125,7 +154,11 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   })
   await app.register(swaggerUi, { routePrefix: '/docs' })
 
+  for (const [name, value] of Object.entries(SECURITY_HEADERS)) app.addHook('onRequest', async (_request, reply) => void reply.header(name, value))
+  // Before auth: anonymous and refused traffic is limited by IP before it costs a token lookup or an audit record.
+  registerAnonymousLimit(app, { perMinute: deps.rateLimitPerMinute ?? 600 })
   registerAuth(app, { tokens: deps.tokens, localToken: deps.localToken })
+  registerBodyDecoding(app, { defaultLimit: BODY_LIMIT })
   await app.register(rateLimit, {
     global: true,
     hook: 'preHandler', // after auth: the limit is per token
@@ -135,6 +168,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
     errorResponseBuilder: (_request, context) => new ApiError(429, 'rate_limited', `more than ${context.max} requests a minute: retry in ${context.after}`),
   })
   if (deps.audit) registerAudit(app, deps.audit)
+  if (deps.stepUp) registerStepUp(app, deps.stepUp)
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ status: 'ok' }))
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
@@ -151,8 +185,10 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   // NDJSON bodies are streamed through the pipeline, never buffered whole.
   await app.register(async (scope) => {
     scope.addContentTypeParser(NDJSON_TYPES, (_request, payload, done) => done(null, payload))
-    scope.post('/v1/events', { config: { permission: 'ingest' }, schema: { tags: ['ingest'], summary: 'Ingest contract events (NDJSON, one per line)' } }, async (request, reply) => {
-      const type = request.headers['content-type']?.split(';')[0]?.trim()
+    const eventsLimit = deps.eventsBodyLimit ?? DEFAULT_EVENTS_BODY_LIMIT
+    const summary = `Ingest contract events (NDJSON, one per line; gzip or deflate welcome); at most ${eventsLimit} bytes decoded, else 413`
+    scope.post('/v1/events', { config: { permission: 'ingest', streamedBodyLimit: eventsLimit }, schema: { tags: ['ingest'], summary } }, async (request, reply) => {
+      const type = request.headers['content-type']?.split(';')[0]?.trim().toLowerCase()
       if (!type || !NDJSON_TYPES.includes(type)) throw new ApiError(415, 'unsupported_media_type', 'send events as NDJSON (Content-Type: application/x-ndjson), one event per line')
       const report = await ingestNdjson(request.body as NodeJS.ReadableStream & AsyncIterable<Uint8Array>, deps.pipeline, { source: 'http' })
       // 200 with the summary even when some lines were rejected: the valid ones are stored, and the summary says which were not.
@@ -166,7 +202,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(async (scope) => incidentRoutes(scope, deps))
   await app.register(async (scope) => detectorRoutes(scope, deps))
   await app.register(async (scope) => responseRoutes(scope, deps))
-  await app.register(async (scope) => tokenRoutes(scope, deps))
+  await app.register(async (scope) => tokenRoutes(scope, { tokens: deps.tokens, stepUp: deps.stepUp }))
   await app.register(async (scope) => statsRoutes(scope, deps))
   const exports = deps.exports
   if (exports) await app.register(async (scope) => exportRoutes(scope, exports))
@@ -176,9 +212,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(fastifyStatic, { root: DASHBOARD_DIR, prefix: '/', wildcard: false, index: 'index.html', schemaHide: true })
   await app.register(fastifyStatic, { root: UPLOT_DIR, prefix: '/assets/uplot/', decorateReply: false, wildcard: false, schemaHide: true })
   app.addHook('onSend', async (_request, reply, payload) => {
-    if (String(reply.getHeader('content-type') ?? '').startsWith('text/html')) {
-      reply.header('content-security-policy', "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'")
-    }
+    if (String(reply.getHeader('content-type') ?? '').startsWith('text/html')) reply.header('content-security-policy', CONTENT_SECURITY_POLICY)
     return payload
   })
   return app

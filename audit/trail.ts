@@ -7,7 +7,14 @@
 // (a file on keywatch's host, never in ClickHouse) into `audit_checkpoints`: a rewrite is caught at the first signed
 // checkpoint after it, and a deleted tail by a checkpoint beyond the end. Only records after the last checkpoint
 // are protected by the chain alone; `verify` says how many.
+//
+// Checkpoints in ClickHouse alone can be deleted by the same writer (TRUNCATE audit_checkpoints, then rewrite). So
+// each checkpoint is also appended to the anchor file (AUDIT_ANCHOR_FILE, outside the data directory), and export
+// manifests carry the head too: `verify` checks the chain against every anchor, reports checkpoints the table no
+// longer has, and fails when records older than a few checkpoint intervals are covered by no checkpoint at all.
 import { createHash, createPublicKey, sign, verify as verifySignature, type KeyObject } from 'node:crypto'
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../ingest/rows.ts'
 import type { AuditEntry, AuditLog } from './audit-log.ts'
@@ -36,7 +43,7 @@ export interface Checkpoint {
   signature: string
 }
 
-export type Problem = 'changed' | 'deleted' | 'reordered' | 'forged'
+export type Problem = 'changed' | 'deleted' | 'reordered' | 'forged' | 'checkpoints_removed' | 'unsigned'
 
 export type VerifyResult =
   | {
@@ -49,6 +56,8 @@ export type VerifyResult =
       unsigned: number
       /** Checkpoints signed with another key (an earlier signing key): not checked. */
       unverified_checkpoints: number
+      /** Anchors kept outside ClickHouse that were checked (anchor file lines, manifests). */
+      anchors: number
     }
   | { ok: false; records: number; seq: number; problem: Problem; message: string }
 
@@ -65,6 +74,8 @@ export interface VerifyOptions {
   trustedKey?: KeyObject | string
   /** Heads recorded elsewhere: the chain must still have each, with the same hash. */
   anchors?: Anchor[]
+  /** The moment "now" for the age of unsigned records (tests). */
+  now?: number
 }
 
 export interface AuditTrailOptions {
@@ -74,6 +85,12 @@ export interface AuditTrailOptions {
   checkpointEveryMs?: number
   /** Several instances (issue 16): appends and checkpoints go only while this says the process is the one writer. */
   writerFence?: () => boolean
+  /** Where every checkpoint is appended too (one JSON line each), outside ClickHouse; verify reads it back. */
+  anchorFile?: string
+  /** Records this much older than the newest checkpoint may go unsigned (default: 4 checkpoint intervals). */
+  unsignedGraceMs?: number
+  /** More anchors kept outside ClickHouse, read at each verify (the audit heads of signed export manifests). */
+  moreAnchors?: () => Anchor[]
 }
 
 /** Several instances (issue 16): this process is not the chain's writer (any more); the entries were not appended. */
@@ -82,6 +99,26 @@ export class NotChainWriterError extends Error {
     super('not the audit chain writer (another instance leads)')
     this.name = 'NotChainWriterError'
   }
+}
+
+/** The checkpoints in an anchor file, each with its line number; unreadable lines are reported, not skipped. */
+export function readAnchorFile(path: string): { checkpoints: (Checkpoint & { line: number })[]; bad: number[] } {
+  if (!existsSync(path)) return { checkpoints: [], bad: [] }
+  const checkpoints: (Checkpoint & { line: number })[] = []
+  const bad: number[] = []
+  readFileSync(path, 'utf8')
+    .split('\n')
+    .forEach((text, i) => {
+      if (!text.trim()) return
+      try {
+        const c = JSON.parse(text) as Checkpoint
+        if (typeof c.seq !== 'number' || typeof c.hash !== 'string' || typeof c.signature !== 'string') throw new Error('not a checkpoint')
+        checkpoints.push({ ...c, line: i + 1 })
+      } catch {
+        bad.push(i + 1)
+      }
+    })
+  return { checkpoints, bad }
 }
 
 /** The hash of a record: over every field but the hash itself, in a fixed order, chained to the previous hash. */
@@ -199,6 +236,10 @@ export class AuditTrail implements AuditLog {
     const base = { seq: head.seq, hash: head.hash, at: chTime(this.now()) }
     const row: Checkpoint = { ...base, key_fingerprint: keyFingerprint(key), signature: sign(null, checkpointBytes(base), key).toString('base64') }
     await this.client.insert({ table: 'audit_checkpoints', format: 'JSONEachRow', values: [row] })
+    if (this.options.anchorFile) {
+      mkdirSync(dirname(this.options.anchorFile), { recursive: true })
+      appendFileSync(this.options.anchorFile, JSON.stringify(row) + '\n', { mode: 0o600 })
+    }
     this.lastSignedSeq = head.seq
   }
 
@@ -209,9 +250,59 @@ export class AuditTrail implements AuditLog {
    */
   async verify(options: VerifyOptions = {}): Promise<VerifyResult> {
     const { trustedKey } = options
-    const anchors = [...(options.anchors ?? [])].sort((a, b) => a.seq - b.seq)
     const key = trustedKey ? (typeof trustedKey === 'string' ? createPublicKey(trustedKey) : trustedKey) : this.options.signingKey?.()
     const trusted = key && { publicKey: key.type === 'private' ? createPublicKey(key) : key, fingerprint: keyFingerprint(key) }
+    // The anchor file: each line a checkpoint, signed like the table's; one the key did not sign is a forgery.
+    const fileAnchors: (Checkpoint & { line: number })[] = []
+    const file = this.options.anchorFile
+    if (file && trusted) {
+      const { checkpoints, bad } = readAnchorFile(file)
+      if (bad.length) return { ok: false, records: 0, seq: 0, problem: 'forged', message: `${file}: line${bad.length > 1 ? 's' : ''} ${bad.slice(0, 5).join(', ')} ${bad.length > 1 ? 'are' : 'is'} not a checkpoint` }
+      for (const c of checkpoints) {
+        if (c.key_fingerprint !== trusted.fingerprint) continue
+        if (!verifySignature(null, checkpointBytes(c), trusted.publicKey, Buffer.from(c.signature, 'base64'))) {
+          return { ok: false, records: 0, seq: c.seq, problem: 'forged', message: `${file} line ${c.line}: the checkpoint of record ${c.seq} is not signed by keywatch's key` }
+        }
+        fileAnchors.push(c)
+      }
+    }
+    const anchors = [...(options.anchors ?? []), ...(trusted ? (this.options.moreAnchors?.() ?? []) : []), ...fileAnchors.map((c) => ({ seq: c.seq, hash: c.hash, source: `the anchor file (checkpoint signed at ${c.at})` }))].sort((a, b) => a.seq - b.seq)
+    const anchorCount = anchors.length
+    const walked = await this.walk(anchors, trusted)
+    // Checkpoints the anchor file has and the table has not: removed (perhaps to hide a rewrite).
+    const missing = fileAnchors.length ? await this.missingCheckpoints(fileAnchors) : []
+    const missingText = missing.length
+      ? `${missing.length} signed checkpoint${missing.length > 1 ? 's' : ''} recorded in ${file} ${missing.length > 1 ? 'are' : 'is'} missing from audit_checkpoints (record${missing.length > 1 ? 's' : ''} ${summarize(missing.map((m) => m.seq))}): removed from ClickHouse`
+      : ''
+    if (!walked.ok) return missingText ? { ...walked, message: `${walked.message}; and ${missingText}` } : walked
+    if (missingText) return { ok: false, records: walked.records, seq: missing[0]!.seq, problem: 'checkpoints_removed', message: missingText }
+    if (trusted && walked.unsigned > 0) {
+      // Unsigned records are normal for a few seconds; older ones mean checkpoints were removed or never written.
+      const [first] = await queryRows<{ at: string }>(this.client, 'SELECT toString(at) AS at FROM audit_trail WHERE seq = {s:UInt64}', { s: walked.signed_through + 1 })
+      const grace = this.options.unsignedGraceMs ?? 4 * (this.options.checkpointEveryMs ?? 5_000)
+      const firstAt = first ? Date.parse(`${first.at.replace(' ', 'T')}Z`) : NaN
+      if (firstAt < (options.now ?? Date.now()) - grace) {
+        return {
+          ok: false,
+          records: walked.signed_through,
+          seq: walked.signed_through + 1,
+          problem: 'unsigned',
+          message: `records ${walked.signed_through + 1}-${walked.records} (the first written at ${first!.at}) are covered by no signed checkpoint, though keywatch signs within seconds: checkpoints were removed, or these records were added by someone else`,
+        }
+      }
+    }
+    return { ...walked, anchors: anchorCount }
+  }
+
+  /** The anchor file's checkpoints that audit_checkpoints no longer holds. */
+  private async missingCheckpoints(fileAnchors: Checkpoint[]): Promise<Checkpoint[]> {
+    const present = new Set(
+      (await queryRows<{ seq: number; signature: string }>(this.client, 'SELECT seq, signature FROM audit_checkpoints WHERE seq IN {seqs:Array(UInt64)}', { seqs: fileAnchors.map((c) => c.seq) })).map((r) => `${r.seq}:${r.signature}`),
+    )
+    return fileAnchors.filter((c) => !present.has(`${c.seq}:${c.signature}`))
+  }
+
+  private async walk(anchors: Anchor[], trusted: { publicKey: KeyObject; fingerprint: string } | undefined): Promise<VerifyResult> {
     let expectedSeq = 1
     let prev = GENESIS
     let signedThrough = 0
@@ -296,7 +387,7 @@ export class AuditTrail implements AuditLog {
         return { ok: false, records, seq: records + 1, problem: 'deleted', message: `records ${records + 1}-${beyond.seq} are missing: the trail ends at record ${records}, but keywatch signed record ${beyond.seq} at ${beyond.at}` }
       }
     }
-    return { ok: true, records, head, signed_through: signedThrough, unsigned: records - signedThrough, unverified_checkpoints: unverified }
+    return { ok: true, records, head, signed_through: signedThrough, unsigned: records - signedThrough, unverified_checkpoints: unverified, anchors: 0 }
   }
 
   private async readHead(): Promise<{ seq: number; hash: string }> {
@@ -319,4 +410,17 @@ export class AuditTrail implements AuditLog {
   async currentHead(): Promise<{ seq: number; hash: string }> {
     return this.head ?? (await this.readHead())
   }
+}
+
+/** 3, 4, 5, 9 -> "3-5, 9" (the first ten runs). */
+function summarize(seqs: number[]): string {
+  const sorted = [...seqs].sort((a, b) => a - b)
+  const runs: string[] = []
+  for (let i = 0; i < sorted.length; ) {
+    let j = i
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++
+    runs.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`)
+    i = j + 1
+  }
+  return runs.slice(0, 10).join(', ') + (runs.length > 10 ? ', …' : '')
 }

@@ -7,6 +7,7 @@ import type { Command } from 'commander'
 import type { VerifyResult } from '../audit/trail.ts'
 import { DATASETS, exportFilter, FORMATS, unsupportedFilter, type Dataset, type ExportFormat } from '../exports/datasets.ts'
 import { exportToFile, verifyExport, type Manifest } from '../exports/export.ts'
+import { loadEnv } from '../config/config.ts'
 import { auditedLocally, cliActor, config, ExitError, instanceHeaders, runningInstance, throughInstanceOrLocal, withLocalRuntime } from './context.ts'
 import { progressBar } from './progress.ts'
 
@@ -62,15 +63,31 @@ async function runExport(dataset: string, opts: ExportOptions): Promise<void> {
 }
 
 async function runVerifyExport(file: string, manifest: string, opts: { publicKey?: string }): Promise<void> {
-  if (opts.publicKey && !existsSync(opts.publicKey)) throw new ExitError(`--public-key ${opts.publicKey}: no such file`, 2)
-  const outcome = await verifyExport(file, manifest, opts.publicKey ? readFileSync(opts.publicKey, 'utf8') : undefined)
+  // The key that must have signed: --public-key, else the one pinned in the configuration (EXPORT_PUBLIC_KEY_FILE).
+  const pinned = opts.publicKey ?? pinnedExportKey()
+  if (pinned && !existsSync(pinned)) throw new ExitError(`${opts.publicKey ? '--public-key' : 'EXPORT_PUBLIC_KEY_FILE'} ${pinned}: no such file`, 2)
+  const outcome = await verifyExport(file, manifest, pinned ? readFileSync(pinned, 'utf8') : undefined)
+  for (const p of outcome.problems) process.stdout.write(`MISMATCH ${p}\n`)
+  if (!outcome.trustedKey) {
+    // A manifest re-signed with anyone's key verifies against the key it carries: that says nothing about who signed.
+    process.stdout.write(
+      `CANNOT TELL who signed ${manifest}: it carries key ${outcome.signedBy.slice(0, 16) || '?'}…, and no trusted key was given. ` +
+        `Pass --public-key with keywatch's published key (GET /v1/exports/signing-key), or pin it with EXPORT_PUBLIC_KEY_FILE\n`,
+    )
+    process.exitCode = 2
+    return
+  }
   if (!outcome.ok) {
-    for (const p of outcome.problems) process.stdout.write(`MISMATCH ${p}\n`)
     process.exitCode = 1
     return
   }
-  process.stdout.write(`OK: ${file} matches its manifest (size, sha256, rows) and the signature is valid\n`)
-  if (!outcome.trustedKey) process.stdout.write(`note: checked against the key in the manifest (${outcome.signedBy.slice(0, 16)}…); pass --public-key with keywatch's published key to check who signed it\n`)
+  process.stdout.write(`OK: ${file} matches its manifest (size, sha256, rows) and is signed by the trusted key ${outcome.signedBy.slice(0, 16)}…\n`)
+}
+
+/** EXPORT_PUBLIC_KEY_FILE, read without the rest of the configuration (an auditor's machine has none of it). */
+function pinnedExportKey(): string | undefined {
+  const value = loadEnv().EXPORT_PUBLIC_KEY_FILE
+  return value ? resolve(value) : undefined
 }
 
 async function runVerifyAudit(): Promise<void> {
@@ -80,7 +97,7 @@ async function runVerifyAudit(): Promise<void> {
     (rt) => rt.audit.verify(),
   )
   if (result.ok) {
-    process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}\n`)
+    process.stdout.write(`OK: ${result.records} audit records, chain intact; head ${result.head}; ${result.anchors} anchors kept outside ClickHouse agree\n`)
     process.stdout.write(`signed checkpoints cover records 1-${result.signed_through}; ${result.unsigned} newer ones are protected by the chain only until the next checkpoint\n`)
   }
   else {
@@ -104,10 +121,10 @@ export function registerComplianceCommands(program: Command): void {
     .action(runExport)
   program
     .command('verify-export')
-    .description('check an export against its manifest, offline: size, sha256, rows and the Ed25519 signature; exits 1 on any mismatch')
+    .description('check an export against its manifest, offline: size, sha256, rows and the Ed25519 signature by the trusted key; exits 1 on any mismatch, 2 without a trusted key')
     .argument('<file>')
     .argument('<manifest>')
-    .option('--public-key <pem>', "keywatch's published signing key (GET /v1/exports/signing-key), to check who signed it")
+    .option('--public-key <pem>', "keywatch's published signing key (GET /v1/exports/signing-key); default EXPORT_PUBLIC_KEY_FILE; without either, exits 2")
     .action(runVerifyExport)
   program
     .command('verify-audit')

@@ -18,12 +18,13 @@ import { KafkaProducer } from '../ingest/kafka.ts'
 import type { ApiDeps } from '../api/server.ts'
 import { Metrics } from '../api/metrics.ts'
 import { TokenStore } from '../api/tokens.ts'
+import { StepUp } from '../api/step-up.ts'
 import { AuditTrail } from '../audit/trail.ts'
 import { AlertService } from '../alerts/service.ts'
 import { slackInteractionRoutes } from '../alerts/interactions.ts'
-import { loadSigningKey } from '../exports/export.ts'
+import { loadSigningKey, manifestAnchors } from '../exports/export.ts'
 import { scheduleExports } from '../exports/schedule.ts'
-import type { KeyObject } from 'node:crypto'
+import { createPublicKey, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 
 const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
@@ -48,6 +49,8 @@ export interface Runtime {
   actions: ActionStore
   response: ResponseEngine
   tokens: TokenStore
+  /** Step-up codes (TOTP) for sensitive actions: enrolment and the verifier (`verifyStepUp`). */
+  stepUp: StepUp
   metrics: Metrics
   /** keywatch's own hash-chained audit trail. */
   audit: AuditTrail
@@ -204,10 +207,13 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
   // With a leadership, the chain has one writer: the leader (a follower's entries are forwarded to it).
-  const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, { signingKey: signer }) : new AuditTrail(storage.client, Date.now, { signingKey: signer })
+  // Checkpoints also go to the anchor file, outside ClickHouse: a writer there cannot remove them unseen.
+  const auditOptions = { signingKey: signer, anchorFile: config.security.auditAnchorFile, moreAnchors: () => manifestAnchors(config.exports.dir, createPublicKey(signer())) }
+  const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, auditOptions) : new AuditTrail(storage.client, Date.now, auditOptions)
   const leads = () => !leadership || leadership.isLeader()
   const alerts = new AlertService(storage.client, config.alerts, log)
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
+  const stepUp = new StepUp(storage.client, { sealingKey: signer })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
     // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.
@@ -258,6 +264,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     actions,
     response,
     tokens,
+    stepUp,
     metrics,
     audit,
     alerts,
@@ -427,6 +434,8 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     plugins: rt.config.alerts.signingSecret ? [slackPlugin(rt, rt.config.alerts.signingSecret)] : [],
     exports: { storage: rt.storage, dir: rt.config.exports.dir, signingKey: rt.exportSigningKey, version: rt.version, trail: rt.audit },
     rateLimitPerMinute: rt.config.http.rateLimitPerMinute,
+    eventsBodyLimit: rt.config.http.eventsBodyLimit,
+    stepUp: rt.config.security.stepUp === 'totp' ? rt.stepUp : undefined,
     ...extra,
   }
 }

@@ -1,6 +1,6 @@
 // The one place keywatch reads its environment. Everything else receives a typed `Config`.
 import { existsSync, readFileSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { parseEnv } from 'node:util'
 import { z } from 'zod'
 import { DEFAULT_POLICY, readPolicyFile, type Policy } from '../response/policy.ts'
@@ -85,6 +85,11 @@ const envSchema = z.object({
   ALERT_CHANNEL_MAX_PER_MINUTE: positiveInt.default(10),
   KEYWATCH_PUBLIC_URL: z.url('must be the URL people open keywatch at').optional(),
   API_RATE_LIMIT_PER_MINUTE: positiveInt.default(600),
+  // Security hardening (issue 15): the events body limit, the audit anchor file, the pinned export key, step-up.
+  API_EVENTS_BODY_LIMIT_MB: positiveInt.default(16),
+  AUDIT_ANCHOR_FILE: z.string().min(1).optional(),
+  EXPORT_PUBLIC_KEY_FILE: z.string().min(1).optional(),
+  STEP_UP: z.enum(['totp', 'off'], { error: 'must be totp (a TOTP code for sensitive actions) or off (behind your own SSO)' }).default('totp'),
   METRICS_PORT: port.optional(),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   /** auto: readable lines on a terminal, JSON lines otherwise. */
@@ -112,7 +117,9 @@ export interface Config {
   /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
   ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
-  http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number }
+  http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number; eventsBodyLimit: number }
+  /** Step-up (a TOTP code) for sensitive actions; off for deployments behind their own SSO. The anchor file. */
+  security: { stepUp: 'totp' | 'off'; auditAnchorFile: string }
   /** GitHub's secret-scanning signing keys (from GITHUB_SECRET_SCANNING_KEYS_FILE); none: the GitHub intake refuses all. */
   githubKeys: { key_identifier: string; key: string; is_current: boolean }[]
   response: {
@@ -124,7 +131,7 @@ export interface Config {
   /** Alerts: routes, Slack, mail, dedup window and per-destination cap; Slack users' roles for its buttons. */
   alerts: AlertsConfig & { signingSecret?: string; slackUserRoles: Record<string, Role> }
   /** Compliance exports: where files and manifests go, the Ed25519 key that signs manifests, the daily/monthly schedule. */
-  exports: { dir: string; signingKeyFile: string; scheduled: boolean; scheduledFormat: 'csv' | 'ndjson' | 'parquet' }
+  exports: { dir: string; signingKeyFile: string; scheduled: boolean; scheduledFormat: 'csv' | 'ndjson' | 'parquet'; trustedPublicKeyFile?: string }
   /** Parameter overrides per detector id. */
   detectorOverrides: Record<string, Record<string, number>>
   /** The security team's own detector files (YAML or JSON), loaded beside the built-in ones. */
@@ -189,7 +196,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
       handoverMs: e.INGEST_HANDOVER_MS,
     },
-    http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT },
+    http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT, eventsBodyLimit: e.API_EVENTS_BODY_LIMIT_MB * 1024 * 1024 },
     response: responseConfig(e),
     alerts: alertsConfig(e),
     exports: {
@@ -197,7 +204,9 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       signingKeyFile: resolve(e.EXPORT_SIGNING_KEY_FILE ?? join(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports'), 'signing-key.pem')),
       scheduled: e.EXPORT_SCHEDULE === 'on',
       scheduledFormat: e.EXPORT_SCHEDULE_FORMAT,
+      trustedPublicKeyFile: e.EXPORT_PUBLIC_KEY_FILE ? resolve(e.EXPORT_PUBLIC_KEY_FILE) : undefined,
     },
+    security: securityConfig(e),
     detectorOverrides: e.DETECTOR_PARAMS ?? {},
     detectorsDir: e.DETECTORS_DIR ? resolve(e.DETECTORS_DIR) : undefined,
     incidents: { windowHours: e.INCIDENT_WINDOW_HOURS },
@@ -238,6 +247,12 @@ function responseConfig(e: z.infer<typeof envSchema>): Config['response'] {
   if (transport === 'kafka' && !e.KAFKA_BROKERS) problems.push('RESPONSE_TRANSPORT=kafka: needs KAFKA_BROKERS')
   if (problems.length) throw new ConfigError(problems)
   return { policy, transport, keyService: e.KEY_SERVICE_URL && e.KEY_SERVICE_SECRET ? { url: e.KEY_SERVICE_URL, secret: e.KEY_SERVICE_SECRET } : undefined }
+}
+
+/** Anchors go beside the signing key by default: outside the data directory when the key is. */
+function securityConfig(e: z.infer<typeof envSchema>): Config['security'] {
+  const keyFile = resolve(e.EXPORT_SIGNING_KEY_FILE ?? join(e.EXPORT_DIR ?? join(e.KEYWATCH_DATA_DIR, 'exports'), 'signing-key.pem'))
+  return { stepUp: e.STEP_UP, auditAnchorFile: resolve(e.AUDIT_ANCHOR_FILE ?? join(dirname(keyFile), 'audit-anchors.ndjson')) }
 }
 
 /** Routes from ALERT_ROUTES_FILE, or critical and high findings to SLACK_CHANNEL and critical ones to ALERT_MAIL_TO. */

@@ -46,7 +46,7 @@ SELECT occurred_at, source, event_id, account_id, actor, action, target, key_pre
     -- they name, so an account's export holds what keywatch did on its keys.
     SELECT a.at, 'keywatch', toString(a.seq),
            if(JSONExtractString(a.detail, 'account_id') != '', JSONExtractString(a.detail, 'account_id'), k.account_id),
-           a.actor, a.action, a.target, JSONExtractString(a.detail, 'key_prefix'), '', '', a.outcome, a.detail
+           a.actor, a.action, a.target, JSONExtractString(a.detail, 'key_prefix'), JSONExtractString(a.detail, 'ip'), '', a.outcome, a.detail
     FROM audit_trail AS a
     LEFT JOIN (SELECT key_id, any(account_id) AS account_id FROM key_lifecycle
                WHERE key_id IN (SELECT target FROM audit_trail WHERE at >= {from:DateTime64(3, 'UTC')} AND at < {to:DateTime64(3, 'UTC')})

@@ -2,9 +2,9 @@
 // a server streams it), with flat memory however large; then a manifest (range, filters, row count, size, SHA-256,
 // who and when) signed with Ed25519, which `keywatch verify-export` checks offline.
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
-import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { createReadStream, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { open } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { dirname, join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { queryRows, type Storage } from '../clickhouse/client.ts'
@@ -277,4 +277,26 @@ export async function verifyExport(file: string, manifestPath: string, trustedPu
     problems.push(`signature: cannot be checked: ${(err as Error).message}`)
   }
   return { ok: problems.length === 0, problems, signedBy, trustedKey }
+}
+
+/**
+ * The audit heads in the signed manifests under `dir` (any depth), as anchors of the audit trail: a copy of the head
+ * kept outside ClickHouse each time an export was made. Only manifests signed by `publicKey` count.
+ */
+export function manifestAnchors(dir: string, publicKey: KeyObject): { seq: number; hash: string; source: string }[] {
+  if (!existsSync(dir)) return []
+  const trusted = fingerprint(publicKey)
+  const out: { seq: number; hash: string; source: string }[] = []
+  for (const entry of readdirSync(dir, { recursive: true, encoding: 'utf8' })) {
+    if (!entry.endsWith('.manifest.json')) continue
+    try {
+      const m = JSON.parse(readFileSync(join(dir, entry), 'utf8')) as Manifest
+      if (!m.audit_head || m.signature?.key_fingerprint !== trusted) continue
+      if (!verify(null, signedBytes(m), publicKey, Buffer.from(m.signature.value, 'base64'))) continue
+      out.push({ seq: Number(m.audit_head.seq), hash: m.audit_head.hash, source: `the manifest of ${m.export_id}` })
+    } catch {
+      // Not a manifest of ours: not an anchor.
+    }
+  }
+  return out
 }

@@ -4,7 +4,8 @@
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { InboundType } from '../contract/events.ts'
 import { decodeEvent, type RejectReason } from './decode.ts'
-import { chTime, displayPrefix, sha256Hex, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
+import { redactSecrets } from './redact.ts'
+import { chTime, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
 import type { EventWriter, WriteResult } from './writer.ts'
 
 /** Where a message came from, kept with its rejection. */
@@ -172,24 +173,8 @@ export class IngestPipeline {
 }
 
 /**
- * A rejected leak report still carries the leaked secret: what we keep of it in ClickHouse has the token replaced
- * by its hash. (The dead-letter topic keeps the original bytes: it lives beside the topic they came from.)
+ * A rejected message may still carry a secret (a leak report's token, a key pasted into a field): what we keep of it
+ * in ClickHouse has every secret replaced, found after unescaping (ingest/redact.ts). (The dead-letter topic keeps
+ * the original bytes: it lives beside the topic they came from.)
  */
-export function redactLeakedToken(raw: Uint8Array): Uint8Array {
-  // Runs on rejected messages only, so always parsing is affordable (a key may be spelled with escapes).
-  const text = Buffer.from(raw).toString('utf8')
-  try {
-    const value = JSON.parse(text) as Record<string, unknown>
-    if (value && typeof value === 'object' && typeof value.token === 'string') {
-      value.token = `[redacted sha256:${sha256Hex(value.token)}]`
-      return Buffer.from(JSON.stringify(value))
-    }
-  } catch {
-    // Not JSON: blank a "token" value and anything that looks like a key secret, escapes included.
-  }
-  const redacted = text
-    .replace(/"token"\s*:\s*"((?:[^"\\]|\\.)*)"?/g, (_m, value: string) => `"token":"${displayPrefix(value) ?? ''}[redacted]"`)
-    .replace(/\b((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{4})(?:[A-Za-z0-9]|\\u00[0-9A-Fa-f]{2})+/g, '$1[redacted]')
-  // Untouched input keeps its exact bytes (it may not even be UTF-8).
-  return redacted === text ? raw : Buffer.from(redacted)
-}
+export const redactLeakedToken = redactSecrets

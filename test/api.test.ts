@@ -31,7 +31,8 @@ const testKey = k('TestKey1', { mode: 'test' })
 const other = k('Other001', { account: 'acct_ApiOther1' })
 
 beforeAll(async () => {
-  rt = await openTestRuntime()
+  // Roles and permissions here; step-up (a TOTP code on top) has its own tests (test/step-up.test.ts).
+  rt = await openTestRuntime({ STEP_UP: 'off' })
   const events = [
     lifecycle(fresh, 'created', ago(now, { days: 10 }), { secret_sha256: sha256('a') }),
     usage(fresh, ago(now, { hours: 1 }), { status: 200 }),

@@ -83,7 +83,7 @@ describe('the audit trail', () => {
     expect(r.stdout).toMatch(/^BROKEN at record 6 /)
     rt = await openTestRuntime({ KEYWATCH_DATA_DIR: dataDir })
     api = await buildApi(apiDepsOf(rt))
-  })
+  }, 180_000) // the CLI, on a busy machine
 })
 
 describe('signed checkpoints', () => {

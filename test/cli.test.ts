@@ -58,7 +58,7 @@ describe('keywatch CLI', () => {
     expect(second.code, second.stderr).toBe(0)
     expect(second.stdout).not.toContain('applied  ')
     expect(second.stdout).toContain(`0 applied now, ${migrations.length} before`)
-  })
+  }, 180_000) // two runs of the CLI, on a busy machine
 
   describe('ingest', () => {
     const dataDir = tempDir()

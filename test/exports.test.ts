@@ -173,13 +173,16 @@ describe('the manifest', () => {
     expect((await verifyExport(join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), stranger)).problems).toEqual([expect.stringMatching(/^signature: made with key/)])
 
     writeFileSync(join(out, 'stranger.pem'), stranger)
-    const cli = await runCli(['verify-export', join(out, 'tampered.csv'), join(out, 'signed.csv.manifest.json')], {})
+    const publicKeyFile = rt.config.exports.signingKeyFile.replace(/\.pem$/, '.pub.pem')
+    const cli = await runCli(['verify-export', join(out, 'tampered.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', publicKeyFile], {})
     expect(cli.code).toBe(1)
     expect(cli.stdout).toContain('MISMATCH sha256')
-    const good = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json')], {})
+    const good = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', publicKeyFile], {})
     expect(good.code, good.stdout + good.stderr).toBe(0)
+    const pinned = await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json')], { EXPORT_PUBLIC_KEY_FILE: publicKeyFile })
+    expect(pinned.code, pinned.stdout + pinned.stderr).toBe(0)
     expect((await runCli(['verify-export', join(out, 'signed.csv'), join(out, 'signed.csv.manifest.json'), '--public-key', join(out, 'stranger.pem')], {})).code).toBe(1)
-  })
+  }, 180_000) // four runs of the CLI
 })
 
 describe('scheduled exports', () => {

@@ -70,7 +70,8 @@ beforeAll(async () => {
     // The platform answers an applied command with its lifecycle event.
     onApplied: (applied) => ingest([lifecycleEventFor(applied, randomUUID(), applied.command === 'reset' ? sha256(randomUUID()) : undefined)]),
   })
-  const config = parseConfig({ KEYWATCH_DATA_DIR: tempDir(), KEY_SERVICE_URL: service.url, KEY_SERVICE_SECRET: SERVICE_SECRET, LOG_LEVEL: 'silent' })
+  // Step-up (a TOTP code for resume and forced revokes) has its own tests (test/step-up.test.ts).
+  const config = parseConfig({ KEYWATCH_DATA_DIR: tempDir(), KEY_SERVICE_URL: service.url, KEY_SERVICE_SECRET: SERVICE_SECRET, LOG_LEVEL: 'silent', STEP_UP: 'off' })
   rt = await openRuntime(config, log)
   await rt.startServices()
   api = await buildApi(apiDepsOf(rt))

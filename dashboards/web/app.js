@@ -14,11 +14,18 @@ const can = (permission) => Boolean(me?.permissions.includes(permission))
 async function api(path, options = {}) {
   const token = sessionStorage.getItem('keywatch.token')
   const response = await fetch(path, { ...options, headers: { ...(options.body ? { 'content-type': 'application/json' } : {}), authorization: `Bearer ${token}`, ...(options.headers ?? {}) } })
+  const body = await response.json().catch(() => null)
+  if (response.status === 401 && body?.error?.code === 'step_up_required') {
+    // A sensitive action: ask for a current code from the authenticator and send it once.
+    if (options.headers?.['x-keywatch-otp'] !== undefined) throw new Error(body.error.message)
+    const code = prompt(`${body.error.message}\n\nCode from your authenticator:`)
+    if (!code) throw new Error('cancelled: this action needs a code from your authenticator')
+    return api(path, { ...options, headers: { ...(options.headers ?? {}), 'x-keywatch-otp': code.trim() } })
+  }
   if (response.status === 401) {
     signOut('Your token was refused: sign in again.')
     throw new Error('unauthorized')
   }
-  const body = await response.json()
   if (!response.ok) throw new Error(body?.error?.message ?? `${response.status}`)
   return body
 }
