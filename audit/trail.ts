@@ -9,7 +9,7 @@
 // are protected by the chain alone; `verify` says how many.
 import { createHash, createPublicKey, sign, verify as verifySignature, type KeyObject } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import type { AuditEntry, AuditLog } from './audit-log.ts'
 
 export const GENESIS = '0'.repeat(64)
