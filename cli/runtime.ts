@@ -1,6 +1,7 @@
 // What every command that touches data shares: the config, a logger, storage (migrated) and the ingest pipeline.
 import pinoPretty from 'pino-pretty'
 import pino, { type Logger } from 'pino'
+import { inventoryClocks, KeyInventory } from '../inventory/keys.ts'
 import { openStorage, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
 import { recentWindows, recoverViews, type RecoveryWindows } from '../clickhouse/recovery.ts'
@@ -43,6 +44,7 @@ export interface Runtime {
   storage: Storage
   writer: EventWriter
   pipeline: IngestPipeline
+  inventory: KeyInventory
   findings: FindingStore
   detection: DetectionEngine
   actions: ActionStore
@@ -146,6 +148,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   if (!(await repair())) scheduleRepair()
   const pipeline = new IngestPipeline(storage.client, writer)
   const findings = new FindingStore(storage.client)
+  const inventory = new KeyInventory(storage.client, inventoryClocks(config.detectorOverrides))
   // A security team's own detectors: a broken file is reported (here, and as a finding once services start) and skipped.
   const custom = config.detectorsDir ? await loadCustomDetectors(storage.client, config.detectorsDir, DETECTORS.map((d) => d.id)) : { detectors: [], fixtures: {}, problems: [] }
   for (const p of custom.problems) log.error({ file: p.file, field: p.field, problem: p.message, kind: p.kind }, `custom detector skipped: ${problemText(p)}`)
@@ -206,7 +209,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   // With a leadership, the chain has one writer: the leader (a follower's entries are forwarded to it).
   const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, { signingKey: signer }) : new AuditTrail(storage.client, Date.now, { signingKey: signer })
   const leads = () => !leadership || leadership.isLeader()
-  const alerts = new AlertService(storage.client, config.alerts, log)
+  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory)
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
   response.onAction((action) => {
@@ -253,6 +256,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     storage,
     writer,
     pipeline,
+    inventory,
     findings,
     detection,
     actions,
@@ -415,6 +419,7 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     storageReady: async () => (await rt.storage.client.ping()).success,
     client: rt.storage.client,
     pipeline: rt.pipeline,
+    inventory: rt.inventory,
     findings: rt.findings,
     incidents: rt.incidents,
     detection: rt.detection,
