@@ -2,7 +2,7 @@
 // by its prefix, the evidence in numbers, what keywatch already did, and a link. Never a secret: anything that looks
 // like a key's secret is cut to its prefix, and hashes to their first 12 characters.
 import type { Finding } from '../detectors/findings.ts'
-import type { KeyRow } from '../api/keys.ts'
+import type { KeyRow } from '../inventory/keys.ts'
 
 export interface ActionNote {
   kind: 'revoke' | 'reset'

@@ -5,7 +5,7 @@
 // rejects for good) is set aside as `failed`, logged in full at error level, so it cannot hold up every alert behind it.
 import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 
 export interface OutboxAlert {
   alert_id: string

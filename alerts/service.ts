@@ -5,7 +5,7 @@
 import { WebClient, type WebAPICallError } from '@slack/web-api'
 import cron, { type ScheduledTask } from 'node-cron'
 import nodemailer, { type Transporter } from 'nodemailer'
-import { listKeys } from '../api/keys.ts'
+import { KeyInventory } from '../inventory/keys.ts'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
@@ -69,6 +69,8 @@ export class AlertService {
     private readonly config: AlertsConfig,
     private readonly log: AlertsLogger,
     private readonly now: () => number = Date.now,
+    /** Whose clocks say which keys the digests list: the detectors' (with DETECTOR_PARAMS). */
+    private readonly inventory = new KeyInventory(client),
   ) {
     if (config.slack) {
       // The outbox owns retries (in order, across restarts): the client must not retry or queue behind a 429 itself.
@@ -216,12 +218,12 @@ export class AlertService {
    * (the `*` entries, which would otherwise mail every account's all-clear).
    */
   async sendDigest(accountId: string, recipients: string[], period: 'daily' | 'weekly', opts: { skipEmpty?: boolean } = {}): Promise<OutboxAlert[]> {
-    // The same definitions as the key.stale and key.rotation_* detectors (api/keys.ts shares their thresholds).
+    // The same definitions as the key.stale and key.rotation_* detectors: the inventory reads their parameters.
     const base = { account: accountId, limit: 10_000, offset: 0 }
     const [stale, overdue, dueSoon] = await Promise.all([
-      listKeys(this.client, { ...base, stale: true }),
-      listKeys(this.client, { ...base, overdue: true }),
-      listKeys(this.client, { ...base, due_soon: true }),
+      this.inventory.list({ ...base, stale: true }),
+      this.inventory.list({ ...base, overdue: true }),
+      this.inventory.list({ ...base, due_soon: true }),
     ])
     if (opts.skipEmpty && stale.total + overdue.total + dueSoon.total === 0) return []
     for (const [what, list] of [['stale', stale], ['overdue', overdue], ['due soon', dueSoon]] as const) {

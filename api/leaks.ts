@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import { z } from 'zod'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import type { IngestPipeline } from '../ingest/pipeline.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { canonicalSignature } from './ecdsa.ts'
 import { ApiError } from './errors.ts'
 

@@ -32,6 +32,7 @@ import { findingRoutes } from './findings.ts'
 import { incidentRoutes } from './incidents.ts'
 import type { IncidentStore } from '../incidents/store.ts'
 import { keyRoutes } from './keys.ts'
+import type { KeyInventory } from '../inventory/keys.ts'
 import { leakRoutes, type GithubPublicKey } from './leaks.ts'
 import type { Metrics } from './metrics.ts'
 import { responseRoutes } from './response.ts'
@@ -45,6 +46,8 @@ export interface ApiDeps {
   storageReady: () => Promise<boolean>
   client: ClickHouseClient
   pipeline: IngestPipeline
+  /** The key inventory, with the detectors' clocks (GET /v1/keys). */
+  inventory: KeyInventory
   findings: FindingStore
   /** Findings grouped into incidents (GET /v1/incidents). */
   incidents?: IncidentStore

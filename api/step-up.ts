@@ -13,7 +13,7 @@ import { createCipheriv, createDecipheriv, createPrivateKey, hkdfSync, randomByt
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import * as OTPAuth from 'otpauth'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { ApiError } from './errors.ts'
 
 export type StepUpRule = boolean | ((request: FastifyRequest) => boolean | Promise<boolean>)

@@ -2,7 +2,7 @@
 // once. Roles grant permissions; `ingest` is for the platform's services that post events and leak reports.
 import { createHash, randomBytes, randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
 import { ROLES, type Role } from '../core/roles.ts'

@@ -16,7 +16,7 @@ import { createHash, createPublicKey, sign, verify as verifySignature, type KeyO
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import type { AuditEntry, AuditLog } from './audit-log.ts'
 
 export const GENESIS = '0'.repeat(64)

@@ -6,7 +6,7 @@
 import { queryRows } from '../clickhouse/client.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
 import { FindingStore } from '../detectors/findings.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { openTestStorage, tempDir } from '../test/helpers.ts'
 
 const N = Number(process.argv.find((a) => a.startsWith('--events='))?.split('=')[1] ?? 50_000_000)

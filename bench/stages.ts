@@ -8,7 +8,8 @@ import { Kafka, logLevel } from 'kafkajs'
 import type { Storage } from '../clickhouse/client.ts'
 import { inboundSchemas } from '../contract/events.ts'
 import { decodeEvent } from '../ingest/decode.ts'
-import { chTime, toRow, type Row } from '../ingest/rows.ts'
+import { toRow, type Row } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 
 export interface StageFigure {
   stage: string

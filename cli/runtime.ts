@@ -1,6 +1,8 @@
 // What every command that touches data shares: the config, a logger, storage (migrated) and the ingest pipeline.
 import pinoPretty from 'pino-pretty'
 import pino, { type Logger } from 'pino'
+import { FindingFlow, type FindingsListener } from '../app/finding-flow.ts'
+import { inventoryClocks, KeyInventory } from '../inventory/keys.ts'
 import { openStorage, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
 import { recentWindows, recoverViews, type RecoveryWindows } from '../clickhouse/recovery.ts'
@@ -11,7 +13,7 @@ import { DetectionEngine } from '../detectors/engine.ts'
 import { loadCustomDetectors, problemText, type LoadProblem } from '../detectors/custom.ts'
 import { DETECTORS } from '../detectors/index.ts'
 import type { Fixtures } from '../detectors/detector.ts'
-import { IncidentStore, type IncidentRef } from '../incidents/store.ts'
+import { IncidentStore } from '../incidents/store.ts'
 import { FindingStore, type Recorded } from '../detectors/findings.ts'
 import type { FindingDraft } from '../detectors/detector.ts'
 import { KafkaProducer } from '../ingest/kafka.ts'
@@ -44,6 +46,7 @@ export interface Runtime {
   storage: Storage
   writer: EventWriter
   pipeline: IngestPipeline
+  inventory: KeyInventory
   findings: FindingStore
   detection: DetectionEngine
   actions: ActionStore
@@ -73,7 +76,7 @@ export interface Runtime {
   close(): Promise<void>
 }
 
-export type FindingsListener = (recorded: Recorded[]) => void | Promise<void>
+export type { FindingsListener }
 
 /**
  * Logs go to stderr, leaving stdout to command output: JSON lines for machines, or, on a terminal (or with
@@ -149,6 +152,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   if (!(await repair())) scheduleRepair()
   const pipeline = new IngestPipeline(storage.client, writer)
   const findings = new FindingStore(storage.client)
+  const inventory = new KeyInventory(storage.client, inventoryClocks(config.detectorOverrides))
   // A security team's own detectors: a broken file is reported (here, and as a finding once services start) and skipped.
   const custom = config.detectorsDir ? await loadCustomDetectors(storage.client, config.detectorsDir, DETECTORS.map((d) => d.id)) : { detectors: [], fixtures: {}, problems: [] }
   for (const p of custom.problems) log.error({ file: p.file, field: p.field, problem: p.message, kind: p.kind }, `custom detector skipped: ${problemText(p)}`)
@@ -162,24 +166,9 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   }
   const actions = new ActionStore(storage.client)
   const sender = commandSender(config, log)
-  const findingsListeners: FindingsListener[] = []
-  const groupIntoIncidents = (recorded: Recorded[]) =>
-    incidents.group(recorded).catch((err) => {
-      log.error({ err: String(err) }, 'could not group findings into incidents')
-      return new Map<string, IncidentRef>()
-    })
-  const announce = (recorded: Recorded[]) => {
-    // A running keywatch groups after the response has acted (a revoke waits for nothing) and before alerting;
-    // otherwise (detect --once) at once.
-    if (!started) void groupIntoIncidents(recorded)
-    for (const l of findingsListeners) void Promise.resolve().then(() => l(recorded)).catch((err) => log.error({ err: String(err) }, 'findings listener failed'))
-  }
-  const raise = async (drafts: FindingDraft[], at: Date, opts: { realert?: boolean } = {}) => {
-    const recorded = await findings.record(drafts, at)
-    // A re-alert (a pending approval) goes out again even inside the alert dedup window.
-    announce(opts.realert ? recorded.map((r) => ({ ...r, realert: true })) : recorded)
-    return recorded
-  }
+  // The response engine raises keywatch's own findings through the finding flow (created below, once the alerts
+  // and the audit trail exist): the flow's one loop, closed there (app/finding-flow.ts).
+  const raise = (drafts: FindingDraft[], at: Date, opts: { realert?: boolean } = {}): Promise<Recorded[]> => flow.raise(drafts, at, opts)
   const resolveFinding = async (dedupKey: string, actor: string, reason: string) => {
     const detector = dedupKey.slice(0, dedupKey.indexOf(':'))
     for (const f of await findings.list({ detector, limit: 1000 })) {
@@ -201,8 +190,6 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   const metrics = new Metrics()
   pipeline.onIngested((summary, rejections) => metrics.ingested(summary, rejections))
   detection.onRun((run) => metrics.detectorRun(run))
-  findingsListeners.push((recorded) => metrics.findingsRecorded(recorded))
-  response.onAction((action) => metrics.action(action))
   // The export signing key also signs the audit trail's checkpoints: a rewrite inside ClickHouse cannot forge them.
   let signingKey: KeyObject | undefined
   const signer = () => (signingKey ??= loadSigningKey(config.exports.signingKeyFile))
@@ -211,28 +198,12 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   const auditOptions = { signingKey: signer, anchorFile: config.security.auditAnchorFile, moreAnchors: () => manifestAnchors(config.exports.dir, createPublicKey(signer())) }
   const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, auditOptions) : new AuditTrail(storage.client, Date.now, auditOptions)
   const leads = () => !leadership || leadership.isLeader()
-  const alerts = new AlertService(storage.client, config.alerts, log)
+  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory)
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   const stepUp = new StepUp(storage.client, { sealingKey: signer })
-  // What keywatch does by itself is in the audit trail too (a person's requests are recorded where they arrive).
-  response.onAction((action) => {
-    // Recorded once it is settled (confirmed, held, failed…); a request still in flight is recorded by its outcome.
-    if (!action.requested_by.startsWith('auto:') || action.status === 'requested') return
-    void audit
-      .record({
-        actor: 'keywatch',
-        action: `key.${action.command}`,
-        target: action.key_id,
-        request_id: action.action_id,
-        outcome: action.status === 'failed' ? 'failed' : action.status === 'blocked' || action.status === 'paused' || action.status === 'dry_run' ? 'refused' : 'ok',
-        detail: { account_id: action.account_id, status: action.status, policy: action.policy, finding_id: action.finding_id, requested_by: action.requested_by, key_prefix: action.key_prefix, detail: action.status_detail },
-      })
-      .catch((err) => log.error({ err: String(err) }, 'could not record the audit entry'))
-  })
-  detection.onRun((run) => {
-    for (const f of run.findings) if (f.change !== 'updated') log.warn({ finding: f.finding.finding_id, detector: run.detector, severity: f.finding.severity, title: f.finding.title }, 'finding raised')
-    if (run.findings.length) announce(run.findings)
-  })
+  // record -> decide -> incident -> alert -> audit and metrics, for detector runs and keywatch's own findings alike.
+  const flow: FindingFlow = new FindingFlow({ findings, response, alerts, incidents, audit, metrics, log, leads })
+  detection.onRun((run) => flow.fromRun(run))
   // A leaked key is raised as its report is stored, not at the next tick. Such a run reads only the reports stored
   // since the previous one began (with a second of slack for inserts still settling); the minute runs read them all,
   // and raise the unmatched reports (nothing to revoke there, so they wait for the minute).
@@ -259,6 +230,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     storage,
     writer,
     pipeline,
+    inventory,
     findings,
     detection,
     actions,
@@ -274,34 +246,15 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     version: VERSION,
     raise,
     leadership,
-    onFindings: (listener) => void findingsListeners.push(listener),
+    onFindings: (listener) => flow.onFindings(listener),
     async startServices() {
       if (started) return
       started = true
       await secrets.load(storage.client)
       response.useIndex(secrets)
       for (const p of custom.problems) metrics.detectorFileProblem(p.file, p.kind)
-      // The response decides first (a leaked key waits for nothing), then the alert says what was done.
-      // Only the leader decides and alerts (issue 16): a follower records findings (the API's runs) and no more.
-      findingsListeners.push(async (recorded) => {
-        if (!leads()) return
-        const actions = await response.onFindings(recorded)
-        // Then the incident, so a later finding of one is posted in its Slack thread.
-        const incidentOf = await groupIntoIncidents(recorded)
-        const note = (id: string) => {
-          const a = actions.find((x) => x.finding_id === id)
-          return a && { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }
-        }
-        await alerts.onFindings(recorded.map((r) => ({ ...r, action: note(r.finding.finding_id), incident: incidentOf.get(r.finding.finding_id) })))
-      })
-      findings.onStatusChange((f) => void (leads() ? alerts.onFindingChanged(f) : Promise.resolve()).catch((err) => log.error({ err: String(err) }, 'could not update the alert')))
-      response.onAction((a) => {
-        if (!leads() || !alerts.updatesMessages || !a.finding_id || !['confirmed', 'failed', 'not_effective'].includes(a.status)) return
-        void findings
-          .list({ finding_id: a.finding_id, limit: 1 })
-          .then(([f]) => f && alerts.onFindingChanged(f, { kind: a.command, status: a.status, requested_by: a.requested_by, requested_at: a.requested_at }))
-          .catch((err) => log.error({ err: String(err) }, 'could not update the alert'))
-      })
+      // From now on findings are decided on and alerted; only the leader does so (issue 16).
+      flow.start()
       // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
       pipeline.onStored((type) => {
         if (type === 'key.lifecycle' && leads()) void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
@@ -422,6 +375,7 @@ export function apiDepsOf(rt: Runtime, extra: Partial<ApiDeps> = {}): ApiDeps {
     storageReady: async () => (await rt.storage.client.ping()).success,
     client: rt.storage.client,
     pipeline: rt.pipeline,
+    inventory: rt.inventory,
     findings: rt.findings,
     incidents: rt.incidents,
     detection: rt.detection,

@@ -6,7 +6,7 @@ import type { AuditEntry } from '../audit/audit-log.ts'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { AuditTrail, NotChainWriterError, type AuditTrailOptions } from '../audit/trail.ts'
 import type { ControlMessage, Leadership } from './leadership.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 
 export class ClusterAuditTrail extends AuditTrail {
   constructor(

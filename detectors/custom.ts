@@ -11,7 +11,7 @@ import { z } from 'zod'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import { auth, lifecycle, leak, ratelimited, usage } from '../contract/builders.ts'
 import { inboundSchemas, type InboundType } from '../contract/events.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import type { Detector, FindingDraft, Fixtures, Params, Severity } from './detector.ts'
 
 /** The tables and views a custom detector may read: the ones the built-in detectors read. Not tokens, audit, alerts. */

@@ -3,7 +3,7 @@
 import cron, { type ScheduledTask } from 'node-cron'
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import { ConfigError } from '../core/errors.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import type { Detector, FindingDraft, Params } from './detector.ts'
 import type { FindingStore, Recorded } from './findings.ts'
 import { DETECTORS } from './index.ts'

@@ -3,7 +3,7 @@
 // to finding_changes with who, when and why. Writes go through one queue, so two runs never race on a dedup key.
 import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { SEVERITY_RANK, type FindingDraft, type Severity } from './detector.ts'
 import { KeywatchError } from '../core/errors.ts'
 

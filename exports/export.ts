@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { queryRows, type Storage } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { CLICKHOUSE_FORMAT, datasetQuery, type Dataset, type ExportFilter, type ExportFormat } from './datasets.ts'
 import { KeywatchError, type ErrorKind } from '../core/errors.ts'
 

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import type { OutboxAlert } from '../alerts/outbox.ts'
 import type { Action } from '../response/actions.ts'
 

@@ -3,7 +3,7 @@ import { z } from 'zod'
 import { inboundSchemas, MAX_FUTURE_SKEW_MS, MAX_MESSAGE_BYTES, type InboundEvent, type InboundType } from '../contract/events.ts'
 import { compileFastCheck, type FastCheck } from './fast-check.ts'
 import { RETENTION_DAYS, TABLE_OF } from './rows.ts'
-import { parseTimestamp } from './time.ts'
+import { parseTimestamp } from '../clickhouse/time.ts'
 
 /**
  * Why a message was not stored. Decoding says the first six and `outside_retention`; the writer says

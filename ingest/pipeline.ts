@@ -4,8 +4,9 @@
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { InboundType } from '../contract/events.ts'
 import { decodeEvent, type RejectReason } from './decode.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { redactSecrets } from './redact.ts'
-import { chTime, TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
+import { TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
 import type { EventWriter, WriteResult } from './writer.ts'
 
 /** Where a message came from, kept with its rejection. */

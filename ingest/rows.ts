@@ -1,9 +1,8 @@
 // Step two: a valid contract event -> the row of its ClickHouse table (clickhouse/migrations/001_events.sql).
 import { createHash } from 'node:crypto'
 import type { AuthEvent, InboundEvent, InboundType, KeyLifecycle, KeyRatelimited, KeyUsage, LeakReported } from '../contract/events.ts'
-import { chTime, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from './time.ts'
+import { chTime, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from '../clickhouse/time.ts'
 
-export { chTime }
 
 export type TableName = 'key_usage' | 'key_ratelimits' | 'auth_events' | 'key_lifecycle' | 'leak_reports'
 

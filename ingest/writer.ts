@@ -9,7 +9,8 @@
 import { createHash } from 'node:crypto'
 import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedError } from '../clickhouse/errors.ts'
 import type { Storage } from '../clickhouse/client.ts'
-import { chTime, TABLE_OF, type Row, type TableName } from './rows.ts'
+import { chTime } from '../clickhouse/time.ts'
+import { TABLE_OF, type Row, type TableName } from './rows.ts'
 
 export { isRetriable, StorageBusyError, StorageRejectedError }
 

@@ -2,7 +2,7 @@
 // until the key service confirms it and the watch proves (or disproves) that it took effect.
 import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 
 export type ActionStatus =
   | 'dry_run' // decided, not sent: the policy is in dry-run mode

@@ -4,7 +4,7 @@
 // cache grace, unless the caller gives one; what came after is counted apart. Every money-moving request of the
 // window is listed.
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
-import { chTime } from '../ingest/rows.ts'
+import { chTime } from '../clickhouse/time.ts'
 import { KeywatchError, kindOfStatus } from '../core/errors.ts'
 
 export interface ExposureWindow {

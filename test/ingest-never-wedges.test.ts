@@ -14,7 +14,7 @@ import { recoverViews } from '../clickhouse/recovery.ts'
 import { usageEvent } from '../contract/synthetic.ts'
 import { ingestNdjson, type NdjsonReport } from '../ingest/ndjson.ts'
 import { byPartitionSpan } from '../ingest/writer.ts'
-import { parseTimestamp } from '../ingest/time.ts'
+import { parseTimestamp } from '../clickhouse/time.ts'
 import { bearer, count, openTestRuntime } from './helpers.ts'
 
 const DAY = 86_400_000

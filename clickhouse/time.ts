@@ -1,4 +1,4 @@
-// Every time the contract accepts, as milliseconds since the epoch: RFC 3339 with any offset, 1 to 6 (or, for the
+// Time in and out of storage. Every time the contract accepts, as milliseconds since the epoch: RFC 3339 with any offset, 1 to 6 (or, for the
 // looser `format: date-time` fields, more) fraction digits, lower-case t/z, and leap seconds. Date.parse refuses
 // a leap second (NaN) and reads years 0000-0099 as 19xx: neither may reach a row.
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/
