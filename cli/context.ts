@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { userInfo } from 'node:os'
 import { loadEnv, parseConfig, type Config } from '../config/config.ts'
 import { readInstance, type RunningInstance } from './instance.ts'
-import { createLogger, openRuntime, type Runtime } from './runtime.ts'
+import { createLogger, openRuntime, type Runtime } from '../app/runtime.ts'
 
 /** Exit codes: 0 done, 1 done but input was rejected or the work failed, 2 bad invocation or configuration. */
 export class ExitError extends Error {

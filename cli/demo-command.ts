@@ -12,7 +12,7 @@ import { demoGithubKey, DemoPlatform } from '../demo/platform.ts'
 import { sha256 } from '../contract/builders.ts'
 import { ExitError } from './context.ts'
 import { announceInstance } from './instance.ts'
-import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
+import { apiDepsOf, createLogger, openRuntime } from '../app/runtime.ts'
 
 const MARKER = '.keywatch-demo'
 

@@ -20,7 +20,7 @@ import { registerComplianceCommands } from './compliance-commands.ts'
 import { registerDemoCommand } from './demo-command.ts'
 import { registerDetectorCommands } from './detector-commands.ts'
 import { progressBar } from './progress.ts'
-import { apiDepsOf, createLogger, openRuntime } from './runtime.ts'
+import { apiDepsOf, createLogger, openRuntime } from '../app/runtime.ts'
 import type { Metrics } from '../api/metrics.ts'
 
 async function start(): Promise<void> {

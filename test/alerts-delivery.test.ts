@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AlertService, type AlertsConfig } from '../alerts/service.ts'
-import type { Runtime } from '../cli/runtime.ts'
+import type { Runtime } from '../app/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { ago, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import type { FindingStore, Recorded } from '../detectors/findings.ts'

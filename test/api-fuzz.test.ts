@@ -12,7 +12,7 @@ import pino from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
 import { ROLES } from '../api/tokens.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { bearer, openTestRuntime } from './helpers.ts'
 
 const REQUESTS = Number(process.env.FUZZ_REQUESTS ?? 2500)

@@ -4,7 +4,7 @@
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { generateKeyPairSync, sign } from 'node:crypto'
 import { AuditTrail, checkpointBytes, keyFingerprint, recordHash, type AuditRecord } from '../audit/trail.ts'

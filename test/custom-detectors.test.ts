@@ -7,7 +7,7 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Runtime } from '../cli/runtime.ts'
+import type { Runtime } from '../app/runtime.ts'
 import { startStandInKeyService, type StandInKeyService } from '../demo/key-service.ts'
 import { ago, lifecycle, usage } from '../detectors/fixtures/events.ts'
 import { DETECTORS } from '../detectors/index.ts'

@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import type { Manifest } from '../exports/export.ts'
 import { bearer, openTestRuntime, tempDir } from './helpers.ts'
 

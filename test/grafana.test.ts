@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Runtime } from '../cli/runtime.ts'
+import type { Runtime } from '../app/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { ago, auth, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import { openTestRuntime, repoRoot } from './helpers.ts'

@@ -4,7 +4,7 @@
 import type { FastifyInstance } from 'fastify'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { after, ago, lifecycle } from '../detectors/fixtures/events.ts'
 import { bearer, openTestRuntime } from './helpers.ts'
 

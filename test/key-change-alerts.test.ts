@@ -5,7 +5,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Runtime } from '../cli/runtime.ts'
+import type { Runtime } from '../app/runtime.ts'
 import { ago, lifecycle, sha256 } from '../detectors/fixtures/events.ts'
 import { waitFor } from './kafka/admin.ts'
 import { openTestRuntime, tempDir } from './helpers.ts'

@@ -11,7 +11,7 @@ import type { DetectionEngine } from '../detectors/engine.ts'
 import type { FindingStore } from '../detectors/findings.ts'
 import { ago, lifecycle, sha256 } from '../detectors/fixtures/events.ts'
 import { ingestNdjson } from '../ingest/ndjson.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { bearer, count, openTestRuntime } from './helpers.ts'
 
 const github = generateKeyPairSync('ec', { namedCurve: 'prime256v1' })

@@ -6,7 +6,7 @@ import type { FastifyInstance } from 'fastify'
 import * as OTPAuth from 'otpauth'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildApi } from '../api/server.ts'
-import { apiDepsOf, type Runtime } from '../cli/runtime.ts'
+import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { bearer, openTestRuntime, runCli, tempDir } from './helpers.ts'
 
