@@ -164,7 +164,11 @@ describe('the outbox', () => {
     await rt.alerts.onFindings([f!])
     await waitFor('the retried alert', async () => slack.calls.find((c) => c.fields.text?.includes('live key from staging')))
     expect(Date.now() - started).toBeGreaterThanOrEqual(1_000)
-    const [row] = await queryRows<{ attempts: number; status: string }>(rt.storage.client, "SELECT attempts, status FROM alert_outbox FINAL WHERE finding_id = {id:String}", { id: f!.finding.finding_id })
+    // The outbox records the delivery right after Slack answers: wait for that write, not only for the call.
+    const row = await waitFor('the delivered outbox row', async () => {
+      const [r] = await queryRows<{ attempts: number; status: string }>(rt.storage.client, "SELECT attempts, status FROM alert_outbox FINAL WHERE finding_id = {id:String}", { id: f!.finding.finding_id })
+      return r?.status === 'delivered' ? r : undefined
+    })
     expect(row).toEqual({ attempts: 2, status: 'delivered' })
   })
 

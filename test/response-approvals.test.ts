@@ -108,6 +108,8 @@ beforeAll(async () => {
   )
   rt = await openTestRuntime({
     KEYWATCH_DATA_DIR: join(dir, 'data'),
+    // These tests are about approvals; the step-up an approval needs over the API is test/step-up.test.ts's.
+    STEP_UP: 'off',
     KEY_SERVICE_URL: service.url,
     KEY_SERVICE_SECRET: SERVICE_SECRET,
     RESPONSE_POLICY_FILE: policyFile,

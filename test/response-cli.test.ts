@@ -56,7 +56,7 @@ describe('keywatch revoke, actions, exposure and response', () => {
     expect(text.code).toBe(0)
     expect(text.stdout).toContain('Money moved 25.00 USD in 1')
     const csv = await runCli(['exposure', quiet.key_id, '--from', ago(now, { days: 5 }), '--format', 'csv'], env)
-    expect(csv.stdout.split('\r\n')).toContain('money,,,,,,,USD,1,,2500,,')
+    expect(csv.stdout.split('\r\n')).toContain('money,,,,,,,USD,1,,2500,,,')
   })
 
   it('goes through the running instance, kill switch included', async () => {

@@ -180,8 +180,13 @@ describe('a leak report through each intake ends in a confirmed revocation', () 
   })
 
   it('reports ingest counts and the consumer lag on /metrics', async () => {
-    const metrics = await (await fetch(`${viaHttp.url}/metrics`, { headers: { authorization: viaHttp.viewer } })).text()
-    expect(metrics).toMatch(new RegExp(`keywatch_kafka_consumer_lag\\{topic="${viaHttp.topics.lifecycle}",partition="0"\\} 0`))
+    // The lag comes back to 0 once the last lifecycle event is stored and committed.
+    const lagZero = new RegExp(`keywatch_kafka_consumer_lag\\{topic="${viaHttp.topics.lifecycle}",partition="0"\\} 0`)
+    const metrics = await waitFor('the lifecycle partition caught up', async () => {
+      const text = await (await fetch(`${viaHttp.url}/metrics`, { headers: { authorization: viaHttp.viewer } })).text()
+      return lagZero.test(text) ? text : undefined
+    }, 30_000)
+    expect(metrics).toMatch(lagZero)
     expect(metrics).toMatch(/keywatch_events_total\{result="accepted"\} [1-9]/)
     expect(metrics).toMatch(/keywatch_actions_total\{command="revoke",status="confirmed"\} [1-9]/)
   })
