@@ -81,8 +81,12 @@ export async function exposureReport(client: ClickHouseClient, keyId: string, wi
         uniqExact(ip) AS distinct_ips, uniqExactIf(country, country != '') AS distinct_countries, uniqExactIf(asn, asn != 0) AS distinct_asns,
         if(count() = 0, NULL, toString(min(occurred_at))) AS first_use, if(count() = 0, NULL, toString(max(occurred_at))) AS last_use ${range}`),
     q<ExposureReport['by_endpoint_status'][number]>(`SELECT method, endpoint, status, count() AS requests ${range} GROUP BY method, endpoint, status ORDER BY requests DESC, endpoint, status LIMIT 1000`),
-    q<ExposureReport['ips'][number]>(`SELECT ip, any(country) AS country, any(asn) AS asn, count() AS requests, countIf(status < 400) AS accepted,
-        toString(min(occurred_at)) AS first, toString(max(occurred_at)) AS last ${range} GROUP BY ip ORDER BY requests DESC, ip LIMIT 1000`),
+    // An address can geolocate to more than one network over a window: name the one most of its requests came from
+    // (ties broken by name), never an arbitrary one.
+    q<ExposureReport['ips'][number]>(`SELECT ip, argMax(c, (n, c)) AS country, argMax(a, (n, c, a)) AS asn,
+        sum(n) AS requests, sum(ok) AS accepted, toString(min(f)) AS first, toString(max(l)) AS last
+        FROM (SELECT ip, country AS c, asn AS a, count() AS n, countIf(status < 400) AS ok, min(occurred_at) AS f, max(occurred_at) AS l ${range} GROUP BY ip, c, a)
+        GROUP BY ip ORDER BY requests DESC, ip LIMIT 1000`),
     q<ExposureReport['countries'][number]>(`SELECT country, count() AS requests, countIf(status < 400) AS accepted ${range} GROUP BY country ORDER BY requests DESC, country`),
     q<ExposureReport['asns'][number]>(`SELECT asn, count() AS requests, countIf(status < 400) AS accepted ${range} GROUP BY asn ORDER BY requests DESC, asn LIMIT 1000`),
     q<ExposureReport['writes'][number]>(`SELECT method, endpoint, count() AS requests, countIf(status < 400) AS accepted ${range} AND method IN {writes:Array(String)}
