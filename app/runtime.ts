@@ -9,6 +9,7 @@ import { recentWindows, recoverViews, type RecoveryWindows } from '../clickhouse
 import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
 import { EventWriter } from '../ingest/writer.ts'
+import { RecentIds } from '../ingest/recent-ids.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
 import { loadCustomDetectors, problemText, type LoadProblem } from '../detectors/custom.ts'
 import { DETECTORS } from '../detectors/index.ts'
@@ -110,9 +111,13 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   }
   // The repair of views an unclean stop left incomplete. It never destroys (see clickhouse/recovery.ts); if it
   // fails, the instance runs on and the repair is tried again, with the same rows, while no insert runs.
+  // One process owns an embedded data directory, so it sees every insert: the duplicate decision can be made in
+  // memory. A server may have other writers (instances, one-shot commands): there the engine is asked.
+  const recentIds = storage.mode === 'embedded' && (config.ingest.dedupIndexIds ?? 0) > 0 ? new RecentIds(storage.client, config.ingest.dedupIndexIds!) : undefined
   const repair = async (): Promise<boolean> => {
     try {
       const recovered = await recoverViews(storage, windows)
+      if (recovered.eventIdsRestored) recentIds?.reset() // ids it restored behind the index's back
       if (recovered.eventIdsRestored || recovered.usageKeyDaysRebuilt || recovered.ratelimitKeyBucketsRebuilt) log.warn(recovered, 'repaired views left incomplete by an unclean stop')
       windows = undefined // a later repair looks at the newest rows
       return true
@@ -136,6 +141,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     repairTimer.unref()
   }
   const writer = new EventWriter(storage, {
+    recentIds,
     maxRows: config.ingest.batchMaxRows,
     maxWaitMs: config.ingest.batchMaxWaitMs,
     maxInflight: config.ingest.maxInflightBatches,

@@ -55,6 +55,7 @@ const envSchema = z.object({
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
   INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
+  INGEST_DEDUP_INDEX_IDS: z.coerce.number().int().min(0).max(50_000_000).default(1_000_000),
 
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
@@ -115,7 +116,7 @@ export interface Config {
   }
   topics: Topics
   /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
-  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number }
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number; /** Recent event ids kept in memory for the duplicate decision (embedded engine); 0: off. */ dedupIndexIds?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
   http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number; eventsBodyLimit: number }
   /** Step-up (a TOTP code) for sensitive actions; off for deployments behind their own SSO. The anchor file. */
@@ -195,6 +196,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
       handoverMs: e.INGEST_HANDOVER_MS,
+      dedupIndexIds: e.INGEST_DEDUP_INDEX_IDS,
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT, eventsBodyLimit: e.API_EVENTS_BODY_LIMIT_MB * 1024 * 1024 },
     response: responseConfig(e),

@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto'
 import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedError } from '../clickhouse/errors.ts'
 import type { Storage } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
+import type { RecentIds } from './recent-ids.ts'
 import { TABLE_OF, type Row, type TableName } from './rows.ts'
 
 export { isRetriable, StorageBusyError, StorageRejectedError }
@@ -31,6 +32,11 @@ export interface WriterOptions {
   /** Lookups and inserts running at once across all tables; further ones wait their turn. */
   maxInflight: number
   retries?: number
+  /**
+   * The ids of recent events in memory (embedded engine: this process is the only writer): the duplicate decision
+   * asks the engine only for events older than its horizon. Without it every batch is looked up in the engine.
+   */
+  recentIds?: RecentIds
   onFlush?: (table: TableName, stats: { rows: number; stored: number; duplicates: number; ms: number; lookupMs: number }) => void
   /** An insert failed for good after its raw rows were committed (a view failed): the views need a repair. */
   onPartialInsert?: (table: TableName) => void
@@ -218,7 +224,7 @@ export class EventWriter {
       const ahead = new Map(state.unsettled)
       const release = await this.limiter.acquire()
       try {
-        const existing = await this.withRetries(() => this.storedIds(rows), `looking up ${table} event ids`)
+        const existing = await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`)
         lookupMs = performance.now() - started
         classify(existing, ahead)
       } finally {
@@ -229,7 +235,7 @@ export class EventWriter {
       }
       if (!(await previous) && aheadDuplicates.length) {
         // The batch those rows counted on failed: what of it did not land goes in with this one.
-        const again = await this.withRetries(() => this.storedIds(aheadDuplicates.map((i) => rows[i]!)), `looking up ${table} event ids`)
+        const again = await this.withRetries(() => this.knownIds(aheadDuplicates.map((i) => rows[i]!)), `looking up ${table} event ids`)
         for (const i of aheadDuplicates) {
           const row = rows[i]!
           if (!again.has(row.eventId) && !fresh.has(row.eventId)) {
@@ -256,7 +262,7 @@ export class EventWriter {
         for (const id of claimed) state.unsettled.delete(id)
         const claimedLater = new Map([...state.unsettled].filter(([id]) => !claimed.has(id)))
         claimed.clear()
-        classify(await this.withRetries(() => this.storedIds(rows), `looking up ${table} event ids`), claimedLater)
+        classify(await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`), claimedLater)
       }
       const stillOwned = () => waiters.every((w) => !w.owned || w.owned())
       // ---- end fencing ----
@@ -333,17 +339,47 @@ export class EventWriter {
       for (const r of rows) hash.update(`${r.eventId}@${r.occurredAtMs},`)
       const token = hash.digest('hex')
       let attempt = 0
-      await this.withRetries(() => {
-        // fencing (issue 16): a retry goes only while every partition of the batch is still ours
-        if (attempt++ > 0 && !owned()) throw new FencedWriteError()
-        return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
-      }, `ClickHouse refused ${rows.length} ${table} row(s)`)
+      try {
+        await this.withRetries(() => {
+          // fencing (issue 16): a retry goes only while every partition of the batch is still ours
+          if (attempt++ > 0 && !owned()) throw new FencedWriteError()
+          return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
+        }, `ClickHouse refused ${rows.length} ${table} row(s)`)
+      } catch (err) {
+        // Sent at least once and not acknowledged: some may have landed. Until the engine says, ask it.
+        if (attempt > 0) this.options.recentIds?.inDoubt(rows)
+        throw err
+      }
+      this.options.recentIds?.stored(TYPE_OF_TABLE[table], rows)
     } finally {
       release()
     }
   }
 
-  /** Which of these events are stored already, by event_id alone, with the stored version's time and type. */
+  /**
+   * Which of these events are stored already, by event_id alone, with the stored version's time and type: from the
+   * recent-id index where it knows, from the engine for the rest.
+   */
+  private async knownIds(rows: Row[]): Promise<Map<string, { at: number; type: string }>> {
+    const index = this.options.recentIds
+    if (!index) return this.storedIds(rows)
+    await index.ready()
+    const found = new Map<string, { at: number; type: string }>()
+    const ask: Row[] = []
+    for (const r of rows) {
+      const answer = index.lookup(r.eventId, r.occurredAtMs)
+      if (answer === undefined) ask.push(r)
+      else if (answer.stored) found.set(r.eventId, { at: answer.at, type: answer.type })
+    }
+    if (ask.length) {
+      const engine = await this.storedIds(ask)
+      index.settled(engine, ask)
+      for (const [id, v] of engine) found.set(id, v)
+    }
+    return found
+  }
+
+  /** Which of these events are stored already, asked of the engine (event_ids_by_id). */
   private async storedIds(rows: Row[]): Promise<Map<string, { at: number; type: string }>> {
     const found = new Map<string, { at: number; type: string }>()
     const CHUNK = 10_000 // keeps the query parameters well under the server's URL limit

@@ -1,0 +1,97 @@
+// The duplicate decision from the in-memory index of recent ids (issue 12), on the real engine: exact above its
+// horizon, the engine asked below it, rebuilt from event_ids, and never fooled by an insert that failed after
+// landing.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { Storage } from '../clickhouse/client.ts'
+import { usageEvent } from '../contract/synthetic.ts'
+import { StorageBusyError } from '../clickhouse/errors.ts'
+import { RecentIds } from '../ingest/recent-ids.ts'
+import { toRow, type Row } from '../ingest/rows.ts'
+import { EventWriter } from '../ingest/writer.ts'
+import { count, openTestStorage, tempDir } from './helpers.ts'
+
+let storage: Storage
+const now = Date.now()
+// Event i happens 2 s after event i - 1, the last ones a few minutes ago: the index evicts whole minutes, oldest first.
+const rows = new Map<number, Row>()
+const row = (i: number): Row => {
+  let r = rows.get(i)
+  if (!r) {
+    const e = { ...usageEvent(i, { keys: 50, accounts: 5 }), event_id: `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`, occurred_at: new Date(now - 6 * 3_600_000 + i * 2_000).toISOString() }
+    rows.set(i, (r = toRow('key.usage', e as never)))
+  }
+  return r
+}
+const range = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => row(from + k))
+const stored = () => count(storage, 'SELECT count() AS n FROM key_usage')
+const writerWith = (index: RecentIds, s: Storage = storage) => new EventWriter(s, { maxRows: 2_000, maxWaitMs: 5, maxInflight: 2, retries: 1, recentIds: index })
+
+beforeAll(async () => {
+  storage = await openTestStorage(tempDir())
+})
+afterAll(async () => {
+  await storage?.close()
+})
+
+describe('the recent-id index', () => {
+  it('answers from memory above its horizon, sends older events to the engine, and stores each id once', async () => {
+    const index = new RecentIds(storage.client, 2_000)
+    const writer = writerWith(index)
+    const first = await writer.write('key_usage', range(0, 5_000))
+    expect(first).toMatchObject({ stored: 5_000, duplicates: 0 })
+    // Over capacity: the oldest minutes went, and the horizon moved past them.
+    expect(index.size).toBeLessThanOrEqual(2_000)
+    expect(index.horizon).toBeGreaterThan(row(0).occurredAtMs)
+    expect(index.lookup(row(0).eventId, row(0).occurredAtMs)).toBeUndefined() // below the horizon: ask the engine
+    expect(index.lookup(row(4_999).eventId, row(4_999).occurredAtMs)).toMatchObject({ stored: true, type: 'key.usage' })
+    expect(index.lookup('00000000-0000-4000-8000-000000000000', now)).toEqual({ stored: false })
+
+    // Every one again, old and recent, plus 1,000 new: only the new ones are stored.
+    const again = await writer.write('key_usage', [...range(0, 5_000), ...range(5_000, 6_000)])
+    expect(again).toMatchObject({ stored: 1_000, duplicates: 5_000, conflicts: [] })
+    expect(await stored()).toBe(6_000)
+    await writer.drain()
+  })
+
+  it('is rebuilt from event_ids: a fresh process knows the newest ids and finds the rest in the engine', async () => {
+    const index = new RecentIds(storage.client, 1_000)
+    await index.ready()
+    expect(index.size).toBe(999) // the oldest millisecond loaded may be cut off: below the horizon
+    expect(index.lookup(row(5_999).eventId, row(5_999).occurredAtMs)).toMatchObject({ stored: true })
+    const writer = writerWith(index)
+    expect(await writer.write('key_usage', range(0, 6_000))).toMatchObject({ stored: 0, duplicates: 6_000 })
+    expect(await stored()).toBe(6_000)
+  })
+
+  it('tells a conflicting duplicate (same id, another time) from a repeat', async () => {
+    const index = new RecentIds(storage.client, 100_000)
+    const writer = writerWith(index)
+    const original = row(5_500)
+    const moved: Row = { ...original, occurredAtMs: original.occurredAtMs + 1_000, values: { ...original.values } }
+    const r = await writer.write('key_usage', [moved])
+    expect(r.stored).toBe(0)
+    expect(r.conflicts).toHaveLength(1)
+    expect(r.conflicts[0]!.detail).toContain('stored before')
+  })
+
+  it('asks the engine about rows of an insert that failed after it landed, and does not store them twice', async () => {
+    const index = new RecentIds(storage.client, 100_000)
+    await index.ready()
+    // The engine stores the block, then the answer is lost (a timeout), every time.
+    const lossy: Storage = {
+      ...storage,
+      insertRows: async (...args) => {
+        await storage.insertRows(...args)
+        throw new StorageBusyError('the answer was lost', undefined)
+      },
+    }
+    const fresh = Array.from({ length: 300 }, (_, k) => row(10_000 + k))
+    await expect(writerWith(index, lossy).write('key_usage', fresh)).rejects.toThrow(/answer was lost/)
+    expect(await stored()).toBe(6_300)
+    expect(index.lookup(fresh[0]!.eventId, fresh[0]!.occurredAtMs)).toBeUndefined() // in doubt
+    // The redelivery after the failure: the engine says they are stored.
+    expect(await writerWith(index).write('key_usage', fresh)).toMatchObject({ stored: 0, duplicates: 300 })
+    expect(await stored()).toBe(6_300)
+    expect(index.lookup(fresh[0]!.eventId, fresh[0]!.occurredAtMs)).toMatchObject({ stored: true })
+  })
+})
