@@ -1,7 +1,7 @@
 // Step two: a valid contract event -> the row of its ClickHouse table (clickhouse/migrations/001_events.sql).
 import { createHash } from 'node:crypto'
 import type { AuthEvent, InboundEvent, InboundType, KeyLifecycle, KeyRatelimited, KeyUsage, LeakReported } from '../contract/events.ts'
-import { chTime, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from '../clickhouse/time.ts'
+import { chTime, chTimeOf, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from '../clickhouse/time.ts'
 
 
 export type TableName = 'key_usage' | 'key_ratelimits' | 'auth_events' | 'key_lifecycle' | 'leak_reports'
@@ -36,7 +36,7 @@ export interface Row {
 export function toRow(type: InboundType, event: InboundEvent): Row {
   const eventId = event.event_id.toLowerCase()
   const occurredAtMs = parseTimestamp(event.occurred_at)
-  return { eventId, occurredAtMs, values: ROW_OF[type](event as never, eventId, chTime(occurredAtMs)) }
+  return { eventId, occurredAtMs, values: ROW_OF[type](event as never, eventId, chTimeOf(event.occurred_at, occurredAtMs)) }
 }
 
 /** A date-time field other than occurred_at: kept at the nearest time DateTime64(3) can hold (1900 to 2299). */
