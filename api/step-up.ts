@@ -102,6 +102,11 @@ export class StepUp {
     const failed = this.failures.get(token.token_id)
     if (failed && failed.window === window && failed.n >= MAX_FAILURES) return { ok: false, reason: 'locked', message: `${MAX_FAILURES} wrong codes in 5 minutes: try again in ${Math.ceil(((window + 1) * 300_000 - now) / 60_000)} minutes` }
     const delta = totp.validate({ token: digits, timestamp: now, window: 1 })
+    // A code used already is told as such even once it has left the window (a replay, not a typo).
+    const replayed = delta === null ? totp.validate({ token: digits, timestamp: now, window: 4 }) : null
+    if (replayed !== null && totp.counter({ timestamp: now }) + replayed <= (this.lastStep.get(token.token_id) ?? -1)) {
+      return { ok: false, reason: 'reused', message: 'this code was used already: wait for the next one' }
+    }
     if (delta === null) {
       this.failures.set(token.token_id, { window, n: failed?.window === window ? failed.n + 1 : 1 })
       return { ok: false, reason: 'invalid', message: 'the code is not current for this token: use the code your authenticator shows now' }
