@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Readable } from 'node:stream'
 import { createClient, type ClickHouseClient } from '@clickhouse/client'
 import { KeywatchError } from '../core/errors.ts'
 
@@ -39,6 +40,8 @@ export interface Storage {
    * is `client.insert`. Errors carry the engine's message.
    */
   insertRows(table: string, rows: Record<string, unknown>[], settings: Record<string, string | number>): Promise<void>
+  /** The same, for rows already encoded: one JSONCompactEachRow line per row, cells in `columns` order. */
+  insertLines(table: string, columns: readonly string[], lines: string[], settings: Record<string, string | number>): Promise<void>
   close(): Promise<void>
 }
 
@@ -57,14 +60,18 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
       await bootstrap.close()
     }
     const client = createClient({ url: config.url, username: config.user, password: config.password, database: config.database, clickhouse_settings: SETTINGS })
+    const insertLines: Storage['insertLines'] = async (table, columns, lines, settings) => {
+      if (!lines.length) return
+      // A byte stream is sent as it is: the lines are JSONCompactEachRow already.
+      const body = Readable.from([lines.join('\n') + '\n'], { objectMode: false })
+      await client.insert({ table, values: body, columns: columns as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: settings })
+    }
     return {
       client,
       database: config.database,
       mode: 'server',
-      insertRows: async (table, rows, settings) => {
-        if (!rows[0]) return
-        await client.insert({ table, values: rows.map(Object.values), columns: Object.keys(rows[0]) as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: settings })
-      },
+      insertLines,
+      insertRows: (table, rows, settings) => insertLines(table, rows[0] ? Object.keys(rows[0]) : [], rows.map((r) => JSON.stringify(Object.values(r))), settings),
       close: () => client.close(),
     }
   }
@@ -95,32 +102,33 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
   const spool = await insertSpool()
   const structures = new Map<string, Promise<string>>()
   let sequence = 0
+  const insertLines: Storage['insertLines'] = async (table, columns, lines, settings) => {
+    if (!lines.length) return
+    const body = Buffer.from(lines.join('\n'))
+    // A small batch costs less inline than a file written, read and removed.
+    if (lines.length < FILE_INSERT_MIN_ROWS) return void (await engine.rawInsert({ table, values: body, columns: [...columns], format: 'JSONCompactEachRow', settings }))
+    let structure = structures.get(`${table}:${columns.join(',')}`)
+    if (!structure) structures.set(`${table}:${columns.join(',')}`, (structure = fileStructure(client, table, columns)))
+    structure.catch(() => structures.delete(`${table}:${columns.join(',')}`))
+    const file = join(spool, `${sequence++}.jsonl`)
+    await writeFile(file, body)
+    try {
+      // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
+      await client.command({
+        query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) SELECT * FROM file({file:String}, 'JSONCompactEachRow', {structure:String})`,
+        query_params: { file, structure: await structure },
+        clickhouse_settings: settings,
+      })
+    } finally {
+      await rm(file, { force: true })
+    }
+  }
   return {
     client,
     database: config.database,
     mode: 'embedded',
-    insertRows: async (table, rows, settings) => {
-      if (!rows[0]) return
-      const columns = Object.keys(rows[0])
-      const body = Buffer.from(rows.map((r) => JSON.stringify(Object.values(r))).join('\n'))
-      // A small batch costs less inline than a file written, read and removed.
-      if (rows.length < FILE_INSERT_MIN_ROWS) return void (await engine.rawInsert({ table, values: body, columns, format: 'JSONCompactEachRow', settings }))
-      let structure = structures.get(`${table}:${columns.join(',')}`)
-      if (!structure) structures.set(`${table}:${columns.join(',')}`, (structure = fileStructure(client, table, columns)))
-      structure.catch(() => structures.delete(`${table}:${columns.join(',')}`))
-      const file = join(spool, `${sequence++}.jsonl`)
-      await writeFile(file, body)
-      try {
-        // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
-        await client.command({
-          query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) SELECT * FROM file({file:String}, 'JSONCompactEachRow', {structure:String})`,
-          query_params: { file, structure: await structure },
-          clickhouse_settings: settings,
-        })
-      } finally {
-        await rm(file, { force: true })
-      }
-    },
+    insertLines,
+    insertRows: (table, rows, settings) => insertLines(table, rows[0] ? Object.keys(rows[0]) : [], rows.map((r) => JSON.stringify(Object.values(r))), settings),
     close: async () => {
       await client.close()
       await rm(spool, { recursive: true, force: true })
@@ -145,7 +153,7 @@ async function insertSpool(): Promise<string> {
 }
 
 /** `name Type, …` of these columns of a table, in this order, for file()'s structure argument. */
-async function fileStructure(client: ClickHouseClient, table: string, columns: string[]): Promise<string> {
+async function fileStructure(client: ClickHouseClient, table: string, columns: readonly string[]): Promise<string> {
   const types = new Map(
     (await queryRows<{ name: string; type: string }>(client, 'SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {table:String}', { table })).map((c) => [c.name, c.type]),
   )

@@ -31,12 +31,50 @@ export interface Row {
   eventId: string
   occurredAtMs: number
   values: Record<string, unknown>
+  /** The row as its JSONCompactEachRow line (columns in `COLUMNS_OF_LINE[table]` order), when built that way. */
+  line?: string
+}
+
+/**
+ * key_usage rows, the bulk of the traffic, are built straight into the line the engine reads (issue 12): no object
+ * of 25 properties per event, and less memory while a batch waits. `values` is there for the rare reader.
+ */
+const USAGE_COLUMNS = [
+  'event_id', 'occurred_at', 'account_id', 'key_id', 'key_prefix', 'key_kind', 'mode', 'request_id', 'method', 'endpoint', 'scope', 'status',
+  'error_code', 'ip', 'country', 'asn', 'user_agent', 'origin', 'sdk', 'client_env', 'latency_ms', 'amount_minor', 'currency', 'client_side', 'mode_mismatch',
+] as const
+
+/** The column order of `Row.line`, per table whose rows carry one. */
+export const COLUMNS_OF_LINE: Partial<Record<TableName, readonly string[]>> = { key_usage: USAGE_COLUMNS }
+
+class UsageRow implements Row {
+  constructor(
+    readonly eventId: string,
+    readonly occurredAtMs: number,
+    readonly line: string,
+  ) {}
+
+  get values(): Record<string, unknown> {
+    const cells = JSON.parse(this.line) as unknown[]
+    return Object.fromEntries(USAGE_COLUMNS.map((c, i) => [c, cells[i]]))
+  }
 }
 
 export function toRow(type: InboundType, event: InboundEvent): Row {
   const eventId = event.event_id.toLowerCase()
   const occurredAtMs = parseTimestamp(event.occurred_at)
-  return { eventId, occurredAtMs, values: ROW_OF[type](event as never, eventId, chTimeOf(event.occurred_at, occurredAtMs)) }
+  const occurredAt = chTimeOf(event.occurred_at, occurredAtMs)
+  if (type === 'key.usage') return new UsageRow(eventId, occurredAtMs, usageLine(event as KeyUsage, eventId, occurredAt))
+  return { eventId, occurredAtMs, values: ROW_OF[type as Exclude<InboundType, 'key.usage'>](event as never, eventId, occurredAt) }
+}
+
+// key_usage has no Nullable columns (see 001_events.sql): null is '' or 0. In USAGE_COLUMNS order.
+function usageLine(e: KeyUsage, eventId: string, occurredAt: string): string {
+  return JSON.stringify([
+    eventId, occurredAt, e.account_id, e.key_id ?? '', e.key_prefix ?? '', e.key_kind ?? '', e.mode ?? '', e.request_id, e.method, e.endpoint,
+    e.scope ?? '', e.status, e.error_code ?? '', e.ip, e.country ?? '', e.asn ?? 0, e.user_agent, e.origin ?? '', e.sdk ?? '', e.client_env ?? '',
+    e.latency_ms, e.amount_minor ?? 0, e.currency ?? '', isClientSide(e) ? 1 : 0, isModeMismatch(e) ? 1 : 0,
+  ])
 }
 
 /** A date-time field other than occurred_at: kept at the nearest time DateTime64(3) can hold (1900 to 2299). */
@@ -44,35 +82,7 @@ function chTimeOrNull(rfc3339: string | null | undefined): string | null {
   return rfc3339 == null ? null : chTime(Math.min(MAX_STORABLE_MS, Math.max(MIN_STORABLE_MS, parseTimestamp(rfc3339))))
 }
 
-const ROW_OF: { [T in InboundType]: (e: never, eventId: string, occurredAt: string) => Record<string, unknown> } = {
-  // key_usage has no Nullable columns (see 001_events.sql): null is '' or 0.
-  'key.usage': (e: KeyUsage, event_id, occurred_at) => ({
-    event_id,
-    occurred_at,
-    account_id: e.account_id,
-    key_id: e.key_id ?? '',
-    key_prefix: e.key_prefix ?? '',
-    key_kind: e.key_kind ?? '',
-    mode: e.mode ?? '',
-    request_id: e.request_id,
-    method: e.method,
-    endpoint: e.endpoint,
-    scope: e.scope ?? '',
-    status: e.status,
-    error_code: e.error_code ?? '',
-    ip: e.ip,
-    country: e.country ?? '',
-    asn: e.asn ?? 0,
-    user_agent: e.user_agent,
-    origin: e.origin ?? '',
-    sdk: e.sdk ?? '',
-    client_env: e.client_env ?? '',
-    latency_ms: e.latency_ms,
-    amount_minor: e.amount_minor ?? 0,
-    currency: e.currency ?? '',
-    client_side: isClientSide(e) ? 1 : 0,
-    mode_mismatch: isModeMismatch(e) ? 1 : 0,
-  }),
+const ROW_OF: { [T in Exclude<InboundType, 'key.usage'>]: (e: never, eventId: string, occurredAt: string) => Record<string, unknown> } = {
   'key.ratelimited': (e: KeyRatelimited, event_id, occurred_at) => ({
     event_id,
     occurred_at,

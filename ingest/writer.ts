@@ -11,7 +11,7 @@ import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedErr
 import type { Storage } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
 import type { RecentIds } from './recent-ids.ts'
-import { TABLE_OF, type Row, type TableName } from './rows.ts'
+import { COLUMNS_OF_LINE, TABLE_OF, type Row, type TableName } from './rows.ts'
 
 export { isRetriable, StorageBusyError, StorageRejectedError }
 
@@ -332,7 +332,9 @@ export class EventWriter {
   private async insert(table: TableName, rows: Row[], owned: () => boolean): Promise<void> {
     const release = await this.limiter.acquire()
     try {
-      const values = rows.map((r) => r.values)
+      // Rows built as lines (key_usage) go as they are; the others are encoded here, in their own key order.
+      const columns = rows[0]!.line !== undefined ? COLUMNS_OF_LINE[table]! : Object.keys(rows[0]!.values)
+      const lines = rows.map(lineOf)
       // Same rows, same token: a retry of an insert that did land is dropped by ClickHouse, in the rollups too.
       // Ids and times: another version of an id (another occurred_at) is another block, never taken for this one.
       const hash = createHash('sha256')
@@ -343,7 +345,7 @@ export class EventWriter {
         await this.withRetries(() => {
           // fencing (issue 16): a retry goes only while every partition of the batch is still ours
           if (attempt++ > 0 && !owned()) throw new FencedWriteError()
-          return this.storage.insertRows(table, values, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
+          return this.storage.insertLines(table, columns, lines, { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
         }, `ClickHouse refused ${rows.length} ${table} row(s)`)
       } catch (err) {
         // Sent at least once and not acknowledged: some may have landed. Until the engine says, ask it.
@@ -458,6 +460,10 @@ export function byPartitionSpan(rows: Row[], spanDays = MAX_DAYS_PER_INSERT): Ro
   return parts
 }
 
+function lineOf(r: Row): string {
+  return r.line ?? JSON.stringify(Object.values(r.values))
+}
+
 function sameContents(a: Row, b: Row): boolean {
-  return a.occurredAtMs === b.occurredAtMs && JSON.stringify(a.values) === JSON.stringify(b.values)
+  return a.occurredAtMs === b.occurredAtMs && lineOf(a) === lineOf(b)
 }

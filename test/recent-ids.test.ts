@@ -80,8 +80,8 @@ describe('the recent-id index', () => {
     // The engine stores the block, then the answer is lost (a timeout), every time.
     const lossy: Storage = {
       ...storage,
-      insertRows: async (...args) => {
-        await storage.insertRows(...args)
+      insertLines: async (...args) => {
+        await storage.insertLines(...args)
         throw new StorageBusyError('the answer was lost', undefined)
       },
     }

@@ -30,9 +30,9 @@ const silent = pino({ level: 'silent' })
 export function slowInserts(storage: Storage, ms: number): Storage {
   return {
     ...storage,
-    insertRows: async (...args: Parameters<Storage['insertRows']>) => {
+    insertLines: async (...args: Parameters<Storage['insertLines']>) => {
       await new Promise((r) => setTimeout(r, ms))
-      return storage.insertRows(...args)
+      return storage.insertLines(...args)
     },
   }
 }
