@@ -198,7 +198,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   const auditOptions = { signingKey: signer, anchorFile: config.security.auditAnchorFile, moreAnchors: () => manifestAnchors(config.exports.dir, createPublicKey(signer())) }
   const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, auditOptions) : new AuditTrail(storage.client, Date.now, auditOptions)
   const leads = () => !leadership || leadership.isLeader()
-  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory)
+  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory, leadership?.member ?? 'solo')
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   const stepUp = new StepUp(storage.client, { sealingKey: signer })
   // record -> decide -> incident -> alert -> audit and metrics, for detector runs and keywatch's own findings alike.
