@@ -20,7 +20,7 @@ import { startStandInKeyService, type StandInKeyService } from '../../demo/key-s
 import { leak, lifecycle, sha256 } from '../../detectors/fixtures/events.ts'
 import { createTopics } from '../kafka/broker.ts'
 import { publish, waitFor } from '../kafka/admin.ts'
-import { tempDir } from '../helpers.ts'
+import { expect } from 'vitest'
 import type { SlackStandIn } from '../stand-ins/slack.ts'
 import { judge, type Verdict } from './oracle.ts'
 import { startMember, watchLeaders, type Member } from './runtimes.ts'
@@ -53,6 +53,8 @@ export interface TakeoverOptions {
   /** Every usage event id produced on this store so far (this run's are added). */
   produced: Set<string>
   leakedKeys?: number
+  /** One deployment's shared files (signing key, audit anchors): the same for every run on this store. */
+  deploymentDir: string
 }
 
 const SECRET = 'faults_monitor_signature_secret'
@@ -73,7 +75,7 @@ export async function takeoverRun(o: TakeoverOptions): Promise<TakeoverRun> {
   await createTopics(o.brokers, [topics.KAFKA_TOPIC_LIFECYCLE], 2)
   await createTopics(o.brokers, [topics.KAFKA_TOPIC_RATELIMITS, topics.KAFKA_TOPIC_AUTH, topics.KAFKA_TOPIC_LEAKS, topics.KAFKA_TOPIC_COMMANDS, topics.KAFKA_TOPIC_DEAD_LETTER], 1)
   const channel = `C0TO${run}`
-  const shared = tempDir()
+  const shared = o.deploymentDir
   const env = {
     KAFKA_BROKERS: o.brokers,
     KAFKA_GROUP_ID: `keywatch-to-${run}`,
@@ -229,4 +231,18 @@ export async function takeoverRun(o: TakeoverOptions): Promise<TakeoverRun> {
 
 async function count(storage: Storage, sql: string, params: Record<string, unknown>): Promise<number> {
   return Number((await queryRows<{ n: number | string }>(storage.client, sql, params))[0]?.n ?? 0)
+}
+
+/** What the issue asks of every run: stored == produced, one leader, one decision, one post, one command. */
+export function expectExactlyOnce(run: TakeoverRun): void {
+  console.log(JSON.stringify({ killAt: run.killAt, killed: run.killed, leaderChanges: run.leaderChanges, commands: run.commands, findings: run.findings, slackLookups: run.slackLookups, audit: run.audit, ...run.verdict }))
+  expect(run.verdict.failures).toEqual([])
+  expect(run.maxLeaders).toBe(1)
+  expect(run.findings).toHaveLength(run.keys)
+  for (const f of run.findings) expect(f, 'one decision and one Slack post per finding').toMatchObject({ posts: 1, decided: 1 })
+  for (const c of run.commands) expect(c, 'one command id per leaked key, carried out once').toMatchObject({ ids: 1, applied: 1 })
+  expect(run.actions.every((a) => a.status === 'confirmed')).toBe(true)
+  expect(run.audit).toMatchObject({ ok: true })
+  if (run.killAt === 'alert') expect(run.slackLookups, 'the new leader looked in the channel before posting').toBeGreaterThanOrEqual(1)
+  if (run.killAt === 'revoke' || run.killAt === 'revoke-kafka') expect(run.commands.some((c) => c.sends >= 2), 'the new leader sent the unconfirmed command again').toBe(true)
 }
