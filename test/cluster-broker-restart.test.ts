@@ -15,7 +15,7 @@ describe('a broker restart with several instances', () => {
 
   it('stores every event once, one leader at a time, and a leader again after it', { timeout: 300_000 }, async () => {
     storage = await openTestStorage(tempDir())
-    const run = await brokerRestartRun(storage, { n: 12_000, signal: 'SIGTERM', downMs: 3_000 })
+    const run = await brokerRestartRun(storage, { n: 8_000, signal: 'SIGTERM', downMs: 2_000 })
     console.log(JSON.stringify({ published: run.published, sendsRetried: run.sendsRetried, leaderAfterRestart: run.leaderAfterRestart, leaderChanges: run.leaderChanges, ...run.verdict }))
     expect(run.verdict.failures).toEqual([])
     expect(run.maxLeaders).toBe(1)

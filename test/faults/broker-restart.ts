@@ -55,23 +55,24 @@ export async function brokerRestartRun(storage: Storage, opts: { n: number; sign
     const messages = events.map((e) => ({ key: e.key_id, value: JSON.stringify(e) }))
     for (let i = 0; i < Math.floor(N / 20); i++) messages.push({ key: events[(i * 19) % N]!.key_id, value: JSON.stringify(events[(i * 19) % N]) })
     await publish(brokers, kafka.topics.usage, messages.slice(0, messages.length / 2))
+    for (const name of ['i1', 'i2', 'i3']) instances.push(await startInstance(name, storage, kafka, { insertDelayMs: 200 }))
     let sendsRetried = 0
+    // Live, paced so the sends run through the outage.
     const publishing = (async () => {
       const rest = messages.slice(messages.length / 2)
-      for (let i = 0; i < rest.length; i += 500) {
+      for (let i = 0; i < rest.length; i += 250) {
         for (;;) {
           try {
-            await publish(brokers, kafka.topics.usage, rest.slice(i, i + 500))
+            await publish(brokers, kafka.topics.usage, rest.slice(i, i + 250))
             break
           } catch {
             sendsRetried++ // the broker is down: the same messages again (a duplicate on the topic at worst)
             await new Promise((r) => setTimeout(r, 500))
           }
         }
-        await new Promise((r) => setTimeout(r, 40))
+        await new Promise((r) => setTimeout(r, 300))
       }
     })()
-    for (const name of ['i1', 'i2', 'i3']) instances.push(await startInstance(name, storage, kafka, { insertDelayMs: 200 }))
     const progress = () => groupProgress(brokers, kafka.groupId, topicsOfGroup)
     await waitFor('40% committed', async () => ((await progress()).committed >= 0.4 * messages.length ? true : undefined), 600_000, 100)
     const restartedAt = Date.now()
