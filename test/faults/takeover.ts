@@ -94,9 +94,20 @@ export async function takeoverRun(o: TakeoverOptions): Promise<TakeoverRun> {
   // The key service: over HTTP the stand-in; over Kafka this test, reading the commands topic, deduplicating by
   // command id like a real consumer, and publishing the lifecycle event of what it carried out.
   const keyService: StandInKeyService | undefined = kafkaTransport ? undefined : await startStandInKeyService({ secret: SECRET })
-  const seenOnTopic: { key_id: string; command_id: string }[] = []
+  type TopicCommand = { command_id: string; key_id: string; command: 'revoke' | 'reset'; requested_by: string }
+  const seenOnTopic: TopicCommand[] = []
   const appliedOnTopic = new Map<string, string>() // command id -> key id
   let answerCommands = false
+  // Once it answers, it carries out every command it has read and not carried out yet, each command id once.
+  const answerTopic = async () => {
+    if (!answerCommands) return
+    for (const c of seenOnTopic) {
+      if (appliedOnTopic.has(c.command_id)) continue
+      appliedOnTopic.set(c.command_id, c.key_id)
+      const k = keys.find((x) => x.key_id === c.key_id)!
+      await publish(o.brokers, topics.KAFKA_TOPIC_LIFECYCLE, [{ key: k.key_id, value: JSON.stringify(lifecycle(k, 'revoked', new Date().toISOString(), { actor: { type: 'monitor', id: c.requested_by } })) }])
+    }
+  }
   const now = Date.now()
   const keys = Array.from({ length: o.leakedKeys ?? 3 }, (_, i) => {
     const secret = `sk_live_${run}${i}${randomUUID().replaceAll('-', '')}`
@@ -135,14 +146,11 @@ export async function takeoverRun(o: TakeoverOptions): Promise<TakeoverRun> {
       await commandsConsumer.subscribe({ topics: [topics.KAFKA_TOPIC_COMMANDS], fromBeginning: true })
       await commandsConsumer.run({
         eachMessage: async ({ message }) => {
-          const c = JSON.parse(message.value!.toString()) as { command_id: string; key_id: string; command: 'revoke' | 'reset'; requested_by: string; reason: string }
-          seenOnTopic.push({ key_id: c.key_id, command_id: c.command_id })
+          const c = JSON.parse(message.value!.toString()) as TopicCommand
+          seenOnTopic.push(c)
           // The first command: its sender dies right after publishing it, and the key service is slow to act.
           if (!killed) await kill(leader())
-          if (!answerCommands || appliedOnTopic.has(c.command_id)) return
-          appliedOnTopic.set(c.command_id, c.key_id)
-          const k = keys.find((x) => x.key_id === c.key_id)!
-          await publish(o.brokers, topics.KAFKA_TOPIC_LIFECYCLE, [{ key: k.key_id, value: JSON.stringify(lifecycle(k, 'revoked', new Date().toISOString(), { actor: { type: 'monitor', id: c.requested_by } })) }])
+          await answerTopic()
         },
       })
     }
@@ -167,6 +175,7 @@ export async function takeoverRun(o: TakeoverOptions): Promise<TakeoverRun> {
     members.push(await startMember(`c${run}`, o.storage, env, peers))
     await waitFor('a new leader', async () => leader(), 60_000)
     answerCommands = true
+    await answerTopic()
     await usage
 
     const keyIds = keys.map((k) => k.key_id)
