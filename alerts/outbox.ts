@@ -3,6 +3,13 @@
 // alert at the head of its queue and retries it with backoff (Slack's Retry-After wins) until it goes, restarts
 // included. Only an alert the peer refuses for its own content (Slack's invalid_blocks, a recipient the mail server
 // rejects for good) is set aside as `failed`, logged in full at error level, so it cannot hold up every alert behind it.
+//
+// No alert sent twice by a sender that dies (issue 16): before a new message goes to its peer the row is marked
+// `sending` (with who sends it). A `sending` row found at start (its sender died between the call and the record of
+// the answer), or an attempt whose outcome is unknown (a timeout, a connection cut after the request left), is looked
+// for at the peer first (`lookups`: Slack's channel history, where the message's metadata carries the alert id) and
+// only sent again if it is not there. A channel without a lookup (mail) is sent again: at least once, with a stable
+// Message-ID receivers deduplicate on.
 import { randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
@@ -18,27 +25,36 @@ export interface OutboxAlert {
   /**
    * pending -> delivered, or failed (refused for good). held: over its destination's per-minute cap, waiting to be
    * counted in the minute's summary (kept here so a crash cannot lose it); summarized once the summary is queued.
+   * sending: handed to the peer by `claimed_by`, its answer not recorded yet (it may have arrived).
    */
-  status: 'pending' | 'delivered' | 'failed' | 'held' | 'summarized'
+  status: 'pending' | 'sending' | 'delivered' | 'failed' | 'held' | 'summarized'
   attempts: number
   last_error: string
   created_at: string
   next_attempt_at: string
   delivered_at: string | null
   slack_ts: string
+  /** The instance that marked it `sending` ('' before). */
+  claimed_by: string
 }
 
 /**
  * What a transport says about one attempt. `permanent`: this alert will never be accepted as it is (its content or
  * its recipient), as opposed to the peer being down, rate limiting or misconfigured, which retrying outlasts.
  */
-export type Delivery = { ok: true; slack_ts?: string } | { ok: false; error: string; retryAfterMs?: number; permanent?: boolean }
+export type Delivery = { ok: true; slack_ts?: string } | { ok: false; error: string; retryAfterMs?: number; permanent?: boolean; mayHaveArrived?: boolean }
+
+/**
+ * Looks for an alert at its peer (one that may have been sent already): found (with its Slack ts), not there, or
+ * the peer could not say (tried again later, never sent blindly while the peer cannot answer).
+ */
+export type Lookup = (alert: OutboxAlert) => Promise<{ found: true; slack_ts?: string } | { found: false } | { error: string; retryAfterMs?: number }>
 
 /** Sends one alert; the worker owns retries. */
 export type Transport = (alert: OutboxAlert) => Promise<Delivery>
 
 /** What a caller says about a new alert; the outbox adds ids, times and state. */
-export type NewAlert = Omit<OutboxAlert, 'alert_id' | 'status' | 'attempts' | 'last_error' | 'created_at' | 'next_attempt_at' | 'delivered_at' | 'slack_ts'>
+export type NewAlert = Omit<OutboxAlert, 'alert_id' | 'status' | 'attempts' | 'last_error' | 'created_at' | 'next_attempt_at' | 'delivered_at' | 'slack_ts' | 'claimed_by'>
 
 export interface OutboxLogger {
   warn(obj: object, msg?: string): void
@@ -47,7 +63,14 @@ export interface OutboxLogger {
 
 const BACKOFF_MS = [1_000, 5_000, 15_000, 60_000, 300_000]
 const SELECT = `SELECT alert_id, channel, destination, kind, finding_id, severity, payload, status, attempts, last_error, toString(created_at) AS created_at,
-  toString(next_attempt_at) AS next_attempt_at, if(delivered_at IS NULL, NULL, toString(delivered_at)) AS delivered_at, slack_ts`
+  toString(next_attempt_at) AS next_attempt_at, if(delivered_at IS NULL, NULL, toString(delivered_at)) AS delivered_at, slack_ts, claimed_by`
+
+export interface OutboxOptions {
+  /** Who sends (the instance's name in the leadership): written on `sending` rows. */
+  owner?: string
+  /** Per channel, how to look for an alert that may have reached the peer already (Slack). */
+  lookups?: Partial<Record<OutboxAlert['channel'], Lookup>>
+}
 
 export class Outbox {
   private readonly queues = new Map<string, OutboxAlert[]>()
@@ -57,12 +80,15 @@ export class Outbox {
   private lastVersion = 0
   private stopped = false
   private seq = 0
+  /** Alerts that may have reached their peer already (a `sending` row, an attempt cut off): looked for before sending. */
+  private readonly recheck = new Set<string>()
 
   constructor(
     private readonly client: ClickHouseClient,
     private readonly transports: Record<OutboxAlert['channel'], Transport>,
     private readonly log: OutboxLogger,
     private readonly now: () => number = Date.now,
+    private readonly options: OutboxOptions = {},
   ) {}
 
   /** Picks up what a previous run left undelivered, in order. */
@@ -70,7 +96,11 @@ export class Outbox {
     // Started again after a stop (a leader re-elected, issue 16): the table is the truth, not what was queued before.
     this.stopped = false
     this.queues.clear()
-    const pending = await queryRows<OutboxAlert>(this.client, `${SELECT} FROM (SELECT * FROM alert_outbox FINAL WHERE status = 'pending') ORDER BY created_at, alert_id`)
+    this.recheck.clear()
+    const pending = await queryRows<OutboxAlert>(this.client, `${SELECT} FROM (SELECT * FROM alert_outbox FINAL WHERE status IN ('pending', 'sending')) ORDER BY created_at, alert_id`)
+    for (const a of pending) if (a.status === 'sending') this.recheck.add(a.alert_id)
+    const claimed = pending.filter((a) => a.status === 'sending')
+    if (claimed.length) this.log.warn({ alerts: claimed.length, senders: [...new Set(claimed.map((a) => a.claimed_by))] }, 'alerts another sender was handing over when it stopped: looked for at the peer before they are sent again')
     // A restart is a fresh try: a backoff that grew during a long outage does not carry over.
     const due = chTime(this.now())
     for (const a of pending) this.queue(a.channel, a.destination).push({ ...a, attempts: Number(a.attempts), next_attempt_at: due })
@@ -107,6 +137,7 @@ export class Outbox {
       next_attempt_at: chTime(at),
       delivered_at: null,
       slack_ts: '',
+      claimed_by: '',
     }))
   }
 
@@ -194,21 +225,51 @@ export class Outbox {
         this.after(wait, key)
         return 'waiting'
       }
+      // Sent before, maybe (its sender died with the answer, or the answer was lost): is it at the peer already?
+      const lookup = this.options.lookups?.[head.channel]
+      if (lookup && this.recheck.has(head.alert_id)) {
+        const seen: Awaited<ReturnType<Lookup>> = await lookup(head).catch((err: unknown) => ({ error: (err as Error).message }))
+        if ('found' in seen && seen.found) {
+          this.recheck.delete(head.alert_id)
+          const done: OutboxAlert = { ...head, status: 'delivered', delivered_at: chTime(this.now()), slack_ts: seen.slack_ts ?? head.slack_ts, last_error: '' }
+          this.noteDelivered(done)
+          q.shift()
+          this.onDelivered?.(done)
+          this.log.warn({ alert: head.alert_id, channel: head.channel, destination: head.destination, claimed_by: head.claimed_by }, 'alert found at the peer already: recorded as delivered, not sent again')
+          continue
+        }
+        if ('error' in seen) {
+          const backoff = seen.retryAfterMs ?? BACKOFF_MS[Math.min(head.attempts, BACKOFF_MS.length - 1)]!
+          q[0] = { ...head, last_error: `looking for it at the peer: ${seen.error}`.slice(0, 500), next_attempt_at: chTime(this.now() + backoff) }
+          this.log.warn({ alert: head.alert_id, channel: head.channel, destination: head.destination, retry_in_ms: backoff, error: seen.error }, 'could not tell whether an alert was sent already; asking again before sending')
+          continue
+        }
+      }
+      this.recheck.delete(head.alert_id) // not there (or no way to ask): sent
+      // Marked before the call: whoever finds this row later knows the peer may have it.
+      const sending: OutboxAlert = { ...head, status: 'sending', claimed_by: this.options.owner ?? '' }
+      try {
+        await this.write([sending])
+      } catch (err) {
+        q[0] = { ...head, next_attempt_at: chTime(this.now() + 1_000) }
+        this.log.warn({ alert: head.alert_id, err: String(err) }, 'could not mark the alert as sending; not sent yet')
+        continue
+      }
       let result: Delivery
       try {
-        result = await this.transports[head.channel](head)
+        result = await this.transports[head.channel](sending)
       } catch (err) {
-        result = { ok: false, error: (err as Error).message }
+        result = { ok: false, error: (err as Error).message, mayHaveArrived: true }
       }
       if (result.ok) {
-        const done: OutboxAlert = { ...head, status: 'delivered', attempts: head.attempts + 1, delivered_at: chTime(this.now()), slack_ts: result.slack_ts ?? head.slack_ts, last_error: '' }
+        const done: OutboxAlert = { ...sending, status: 'delivered', attempts: head.attempts + 1, delivered_at: chTime(this.now()), slack_ts: result.slack_ts ?? head.slack_ts, last_error: '' }
         this.noteDelivered(done)
         q.shift()
         this.onDelivered?.(done)
         continue
       }
       if (result.permanent) {
-        const failed: OutboxAlert = { ...head, status: 'failed', attempts: head.attempts + 1, last_error: result.error.slice(0, 500) }
+        const failed: OutboxAlert = { ...sending, status: 'failed', attempts: head.attempts + 1, last_error: result.error.slice(0, 500) }
         q.shift()
         await this.writeSafely(failed)
         // In full in the log: whoever reads it can still act on the alert.
@@ -216,7 +277,9 @@ export class Outbox {
         continue
       }
       const backoff = result.retryAfterMs ?? BACKOFF_MS[Math.min(head.attempts, BACKOFF_MS.length - 1)]!
-      const retry: OutboxAlert = { ...head, attempts: head.attempts + 1, last_error: result.error.slice(0, 500), next_attempt_at: chTime(this.now() + backoff) }
+      // An answer that never came (a timeout, a cut connection) may hide a delivery: stays `sending`, looked for first.
+      if (result.mayHaveArrived) this.recheck.add(head.alert_id)
+      const retry: OutboxAlert = { ...head, status: result.mayHaveArrived ? 'sending' : 'pending', claimed_by: sending.claimed_by, attempts: head.attempts + 1, last_error: result.error.slice(0, 500), next_attempt_at: chTime(this.now() + backoff) }
       q[0] = retry
       await this.writeSafely(retry)
       this.log.warn({ alert: head.alert_id, channel: head.channel, destination: head.destination, attempts: retry.attempts, retry_in_ms: backoff, error: retry.last_error }, 'alert not delivered yet')
@@ -229,7 +292,8 @@ export class Outbox {
 
   /**
    * Deliveries are recorded in batches (one insert for whatever was delivered meanwhile): a crash before the write
-   * means at worst a duplicate after the restart, never a loss.
+   * leaves the row `sending`, looked for at the peer by the next sender (at worst a duplicate where the peer cannot
+   * be asked, never a loss).
    */
   private noteDelivered(row: OutboxAlert): void {
     this.delivered.push(row)

@@ -10,7 +10,7 @@ import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { SEVERITY_RANK, type Severity } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
 import { digestMail, findingMail, keyChangeMail, keyChangeSlack, slackMessage, slackSummary, summaryMail, type ActionNote, type KeyChange, type Mail } from './messages.ts'
-import { Outbox, type Delivery, type NewAlert, type OutboxAlert, type OutboxLogger } from './outbox.ts'
+import { Outbox, type Delivery, type Lookup, type NewAlert, type OutboxAlert, type OutboxLogger } from './outbox.ts'
 import { destinationsFor, type Routes } from './routing.ts'
 
 export interface AlertsConfig {
@@ -71,13 +71,15 @@ export class AlertService {
     private readonly now: () => number = Date.now,
     /** Whose clocks say which keys the digests list: the detectors' (with DETECTOR_PARAMS). */
     private readonly inventory = new KeyInventory(client),
+    /** This instance's name (issue 16): who marked an alert `sending`. */
+    owner = '',
   ) {
     if (config.slack) {
       // The outbox owns retries (in order, across restarts): the client must not retry or queue behind a 429 itself.
       this.slack = new WebClient(config.slack.token, { slackApiUrl: config.slack.apiUrl, retryConfig: { retries: 0 }, rejectRateLimitedCalls: true, timeout: 10_000 })
     }
     if (config.smtp) this.mailer = nodemailer.createTransport(config.smtp.url)
-    this.outbox = new Outbox(client, { slack: (a) => this.sendSlack(a), email: (a) => this.sendMail(a), log: (a) => this.sendLog(a) }, log, now)
+    this.outbox = new Outbox(client, { slack: (a) => this.sendSlack(a), email: (a) => this.sendMail(a), log: (a) => this.sendLog(a) }, log, now, { owner, lookups: { slack: (a) => this.findSlack(a) } })
     this.outbox.onDelivered = (a) => {
       if (a.channel === 'slack' && a.kind === 'finding' && a.slack_ts) this.remember(a.finding_id, a.destination, a.slack_ts)
     }
@@ -171,7 +173,7 @@ export class AlertService {
   /** A finding changed (acknowledged, suppressed, resolved, or its key was revoked): its Slack messages are updated. */
   async onFindingChanged(finding: Finding, action?: ActionNote): Promise<OutboxAlert[]> {
     if (!this.slack) return []
-    const posted = (await this.outbox.forFindings([finding.finding_id])).filter((a) => a.channel === 'slack' && a.kind === 'finding' && (a.status === 'pending' || a.status === 'delivered'))
+    const posted = (await this.outbox.forFindings([finding.finding_id])).filter((a) => a.channel === 'slack' && a.kind === 'finding' && (a.status === 'pending' || a.status === 'sending' || a.status === 'delivered'))
     const channels = [...new Set(posted.map((a) => a.destination))]
     return this.outbox.enqueue(
       channels.map((destination) => ({
@@ -369,7 +371,9 @@ export class AlertService {
       }
       // The channel's queue is in order, so an incident's first message was posted (and its ts known) before this one.
       const thread = payload.thread_of?.length ? await this.threadOf(payload.thread_of, alert.destination) : undefined
-      const answer = await this.slack.chat.postMessage({ channel: alert.destination, text: payload.slack!.text, blocks: payload.slack!.blocks as never, unfurl_links: false, ...(thread ? { thread_ts: thread } : {}) })
+      // The alert id rides in the message's metadata: a sender that finds the alert `sending` can look for it (findSlack).
+      const metadata = { event_type: SLACK_ALERT_EVENT, event_payload: { alert_id: alert.alert_id } }
+      const answer = await this.slack.chat.postMessage({ channel: alert.destination, text: payload.slack!.text, blocks: payload.slack!.blocks as never, unfurl_links: false, metadata, ...(thread ? { thread_ts: thread } : {}) })
       return { ok: true, slack_ts: answer.ts }
     } catch (err) {
       const e = err as WebAPICallError & { retryAfter?: number; statusCode?: number; data?: { error?: string } }
@@ -379,7 +383,43 @@ export class AlertService {
         error: `slack: ${e.code ?? ''} ${e.message}`.trim(),
         retryAfterMs: typeof e.retryAfter === 'number' ? e.retryAfter * 1000 : undefined,
         permanent: e.code === 'slack_webapi_platform_error' && SLACK_REFUSES_THIS_MESSAGE.has(slackError),
+        // No answer at all (a timeout, a connection cut after the request left): Slack may have posted it.
+        mayHaveArrived: e.code === 'slack_webapi_request_error',
       }
+    }
+  }
+
+  /**
+   * Whether an alert that may have been posted already is in its channel (or its incident's thread): the message
+   * whose metadata carries its alert id, posted since it was made. Needs the app's history scope
+   * (channels:history, groups:history); without it the alert is sent again (at least once) and that is logged.
+   */
+  private readonly findSlack: Lookup = async (alert) => {
+    // An update replaces a message in place: sending it again changes nothing.
+    if (!this.slack || alert.kind === 'update') return { found: false }
+    const payload = JSON.parse(alert.payload) as Payload
+    const thread = payload.thread_of?.length ? await this.threadOf(payload.thread_of, alert.destination) : undefined
+    const oldest = String(Math.floor(msOf(alert.created_at) / 1000) - 60) // a minute of slack for Slack's clock
+    try {
+      let cursor: string | undefined
+      for (let page = 0; page < 20; page++) {
+        const args = { channel: alert.destination, oldest, include_all_metadata: true, limit: 200, ...(cursor ? { cursor } : {}) }
+        const answer = thread ? await this.slack.conversations.replies({ ...args, ts: thread }) : await this.slack.conversations.history(args)
+        const messages = (answer.messages ?? []) as { ts?: string; metadata?: { event_type?: string; event_payload?: Record<string, unknown> } }[]
+        const mine = messages.find((m) => m.metadata?.event_type === SLACK_ALERT_EVENT && m.metadata.event_payload?.alert_id === alert.alert_id)
+        if (mine) return { found: true, slack_ts: mine.ts }
+        cursor = answer.response_metadata?.next_cursor || undefined
+        if (!cursor) break
+      }
+      return { found: false }
+    } catch (err) {
+      const e = err as WebAPICallError & { retryAfter?: number; data?: { error?: string } }
+      if (e.code === 'slack_webapi_platform_error') {
+        // Slack answered, but will not show the history (a missing scope, the bot not in the channel): at least once.
+        this.log.error({ alert: alert.alert_id, channel: alert.destination, error: e.data?.error }, 'cannot look in the Slack channel for an alert that may have been posted; sending it again (give the app channels:history)')
+        return { found: false }
+      }
+      return { error: `slack: ${e.code ?? ''} ${e.message}`.trim(), retryAfterMs: typeof e.retryAfter === 'number' ? e.retryAfter * 1000 : undefined }
     }
   }
 
@@ -387,7 +427,10 @@ export class AlertService {
     if (!this.mailer || !this.config.smtp) return { ok: false, error: 'SMTP is not configured' }
     const { mail } = JSON.parse(alert.payload) as Payload
     try {
-      const sent = (await this.mailer.sendMail({ from: this.config.smtp.from, to: alert.destination.split(','), subject: mail!.subject, text: mail!.text, html: mail!.html })) as { rejected?: unknown[] }
+      // One Message-ID per alert, whatever attempt or sender: a mail sent again after a sender died is the same message
+      // to receivers that deduplicate by it.
+      const messageId = `<${alert.alert_id}@${/@([^>\s]+)/.exec(this.config.smtp.from)?.[1] ?? 'keywatch.invalid'}>`
+      const sent = (await this.mailer.sendMail({ from: this.config.smtp.from, to: alert.destination.split(','), subject: mail!.subject, text: mail!.text, html: mail!.html, messageId })) as { rejected?: unknown[] }
       if (sent.rejected?.length) this.log.warn({ alert: alert.alert_id, rejected: sent.rejected.map(String) }, 'the mail server refused some recipients of an alert')
       return { ok: true }
     } catch (err) {
@@ -406,6 +449,9 @@ export class AlertService {
     return { ok: true }
   }
 }
+
+/** The event_type of the metadata keywatch's Slack messages carry (with the alert id). */
+const SLACK_ALERT_EVENT = 'keywatch_alert'
 
 /**
  * Slack errors about one message that no retry changes (a malformed or oversized message, a message that is gone or

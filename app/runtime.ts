@@ -94,11 +94,18 @@ export function createLogger(config: Config): Logger {
 export interface RuntimeOptions {
   /** `keywatch start`: the singletons below run only while this instance leads (cluster/leadership.ts). */
   leadership?: Leadership
+  /**
+   * A store already open and shared with other runtimes in this process (the fault suite's instances on one
+   * embedded engine, issue 16); close() leaves it open. Otherwise the runtime opens config.clickhouse and owns it.
+   */
+  storage?: Storage
 }
 
 export async function openRuntime(config: Config, log: Logger, options: RuntimeOptions = {}): Promise<Runtime> {
   const { leadership } = options
-  const storage = await openStorage(config.clickhouse)
+  const shared = options.storage
+  const storage: Storage = shared ?? (await openStorage(config.clickhouse))
+  const closeStorage = () => (shared ? Promise.resolve() : storage.close())
   let windows: RecoveryWindows | undefined
   let repairPending = false
   try {
@@ -106,7 +113,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     if (result.applied.length) log.info({ applied: result.applied }, 'migrations applied')
     windows = await recentWindows(storage)
   } catch (err) {
-    await storage.close()
+    await closeStorage()
     throw err
   }
   // The repair of views an unclean stop left incomplete. It never destroys (see clickhouse/recovery.ts); if it
@@ -167,7 +174,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   try {
     detection = new DetectionEngine(storage.client, findings, log, config.detectorOverrides, [...DETECTORS, ...custom.detectors])
   } catch (err) {
-    await storage.close()
+    await closeStorage()
     throw err
   }
   const actions = new ActionStore(storage.client)
@@ -204,7 +211,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   const auditOptions = { signingKey: signer, anchorFile: config.security.auditAnchorFile, moreAnchors: () => manifestAnchors(config.exports.dir, createPublicKey(signer())) }
   const audit = leadership ? new ClusterAuditTrail(storage.client, leadership, auditOptions) : new AuditTrail(storage.client, Date.now, auditOptions)
   const leads = () => !leadership || leadership.isLeader()
-  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory)
+  const alerts = new AlertService(storage.client, config.alerts, log, Date.now, inventory, leadership?.member ?? 'solo')
   const incidents = new IncidentStore(storage.client, config.incidents.windowHours, { actionsFor: (ids) => actions.forFindings(ids), alertsFor: (ids) => alerts.outbox.forFindings(ids) })
   const stepUp = new StepUp(storage.client, { sealingKey: signer })
   // record -> decide -> incident -> alert -> audit and metrics, for detector runs and keywatch's own findings alike.
@@ -262,8 +269,16 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
       // From now on findings are decided on and alerted; only the leader does so (issue 16).
       flow.start()
       // The key service answers a command on the commands topic with a lifecycle event: that confirms the action.
+      // A follower that stores lifecycle events tells the leader (at most every half second): they may confirm its commands.
+      let lifecycleNudge: NodeJS.Timeout | undefined
       pipeline.onStored((type) => {
-        if (type === 'key.lifecycle' && leads()) void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
+        if (type !== 'key.lifecycle') return
+        if (leads()) return void response.confirmFromLifecycle().catch((err) => log.error({ err: String(err) }, 'confirming actions failed'))
+        lifecycleNudge ??= setTimeout(() => {
+          lifecycleNudge = undefined
+          void leadership!.toLeader({ kind: 'lifecycle.stored' }).catch((err) => log.error({ err: String(err) }, 'could not tell the leader about lifecycle events'))
+        }, 500)
+        lifecycleNudge.unref()
       })
       // ---- the singletons: on the leader only (issue 16); without a leadership this process leads ----
       let refreshSecrets: NodeJS.Timeout | undefined
@@ -283,6 +298,9 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
         await alerts.start()
         alerts.scheduleDigests()
         detection.schedule()
+        // A previous leader may have died in a run, its findings recorded but not decided or alerted: leaked keys do
+        // not wait for the next minute (the run decides what is undecided; what was decided is linked, not redone).
+        if (leadership) void detection.runFresh('leak.public_report').catch((err) => log.error({ err: String(err) }, 'leak detection at takeover failed'))
         // Files skipped at load are findings too (once the alerts listen), so a broken rule does not go unnoticed.
         if (custom.problems.length) {
           const byFile = new Map<string, LoadProblem[]>()
@@ -320,6 +338,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
           const since = Math.min(...leak.map((m) => m.at)) - 10_000 // the follower stored the report before telling
           await detection.runFresh('leak.public_report', { received_after_ms: Math.max(0, since) })
         }
+        if (messages.some((m) => m.kind === 'lifecycle.stored')) await response.confirmFromLifecycle()
       })
       leadership.onChange((leader) => (leader ? startSingletons() : stopSingletons()))
       await leadership.start()
@@ -339,7 +358,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
       await alerts.stop()
       await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
       await sender.close?.()
-      await storage.close()
+      await closeStorage()
     },
   }
 }

@@ -15,7 +15,8 @@
 // 10 + 1 + 2 s with the defaults).
 //
 // Followers send the leader what it must do for them through the same topic (partition 0): their audited actions
-// (appended to the one chain by the leader) and nudges (a leak report stored: run the leak detector now). The
+// (appended to the one chain by the leader) and nudges (a leak report stored: run the leak detector now; a lifecycle
+// event stored: it may confirm a command sent on the commands topic). The
 // leader commits a message's offset only after handling it; a new leader resumes from the last commit.
 //
 // Without Kafka (one embedded instance) the process is simply its own leader: `SoloLeadership`.
@@ -26,9 +27,10 @@ import type { AuditEntry } from '../audit/audit-log.ts'
 export type ControlMessage =
   | { kind: 'audit'; id: string; from: string; at: number; entry: AuditEntry }
   | { kind: 'leak.stored'; id: string; from: string; at: number }
+  | { kind: 'lifecycle.stored'; id: string; from: string; at: number }
 
 /** What a follower hands to the leader (id, sender and time are filled in). */
-export type ControlRequest = { kind: 'audit'; entry: AuditEntry } | { kind: 'leak.stored' }
+export type ControlRequest = { kind: 'audit'; entry: AuditEntry } | { kind: 'leak.stored' } | { kind: 'lifecycle.stored' }
 
 export type LeadershipListener = (leader: boolean) => void | Promise<void>
 export type ControlHandler = (messages: ControlMessage[]) => Promise<void>

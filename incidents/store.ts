@@ -260,9 +260,9 @@ export class IncidentStore {
     ])
     for (const c of changes) entries.push({ at: c.at, kind: 'status', text: `finding ${c.to_status} by ${c.actor}: ${c.reason}`, finding_id: c.finding_id, actor: c.actor })
     for (const a of alerts) {
-      if (a.kind !== 'finding' || (a.status !== 'delivered' && a.status !== 'pending')) continue
+      if (a.kind !== 'finding' || (a.status !== 'delivered' && a.status !== 'pending' && a.status !== 'sending')) continue
       const where = a.channel === 'slack' ? `Slack ${a.destination}` : a.channel === 'email' ? `mail to ${a.destination}` : 'the log'
-      entries.push({ at: a.delivered_at ?? a.created_at, kind: 'action', text: `alerted to ${where}${a.status === 'pending' ? ' (not delivered yet)' : ''}`, finding_id: a.finding_id, actor: 'keywatch' })
+      entries.push({ at: a.delivered_at ?? a.created_at, kind: 'action', text: `alerted to ${where}${a.status === 'pending' || a.status === 'sending' ? ' (not delivered yet)' : ''}`, finding_id: a.finding_id, actor: 'keywatch' })
     }
     for (const a of actions) {
       entries.push({ at: a.requested_at, kind: 'action', text: `${a.command} of ${a.key_prefix} requested by ${a.requested_by}: ${a.status}${a.status_detail ? ` (${a.status_detail})` : ''}`, finding_id: a.finding_id, actor: a.requested_by })

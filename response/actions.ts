@@ -1,6 +1,6 @@
 // The actions table: every revoke or reset keywatch decided, sent, was refused or could not send, with its state
 // until the key service confirms it and the watch proves (or disproves) that it took effect.
-import { randomUUID } from 'node:crypto'
+import { createHash, randomUUID } from 'node:crypto'
 import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
 
@@ -66,9 +66,9 @@ export class ActionStore {
   constructor(private readonly client: ClickHouseClient) {}
 
   /** A new action, not yet written. */
-  draft(fields: Omit<Action, 'action_id' | 'command_id' | 'confirmed_at' | 'confirmed_by' | 'effective_at' | 'updated_at' | 'requested_at' | 'expires_at' | 'decided_by' | 'decided_at' | 'decision_reason'> & { requested_at?: Date }): Action {
+  draft(fields: Omit<Action, 'action_id' | 'command_id' | 'confirmed_at' | 'confirmed_by' | 'effective_at' | 'updated_at' | 'requested_at' | 'expires_at' | 'decided_by' | 'decided_at' | 'decision_reason'> & { requested_at?: Date; command_id?: string }): Action {
     const at = chTime((fields.requested_at ?? new Date()).getTime())
-    return { ...fields, action_id: `act_${randomUUID().replaceAll('-', '').slice(0, 24)}`, command_id: randomUUID(), requested_at: at, confirmed_at: null, confirmed_by: '', effective_at: null, updated_at: at, expires_at: null, decided_by: '', decided_at: null, decision_reason: '' }
+    return { ...fields, action_id: `act_${randomUUID().replaceAll('-', '').slice(0, 24)}`, command_id: fields.command_id ?? randomUUID(), requested_at: at, confirmed_at: null, confirmed_by: '', effective_at: null, updated_at: at, expires_at: null, decided_by: '', decided_at: null, decision_reason: '' }
   }
 
   async write(actions: Action[]): Promise<void> {
@@ -121,4 +121,15 @@ export class ActionStore {
     this.lastVersion = Math.max(this.lastVersion + 1, Date.now() * 1000)
     return this.lastVersion
   }
+}
+
+/**
+ * A command id that whoever decides the same thing derives alike (a UUID, version 8, from SHA-256): a leader that
+ * died after sending a command and before recording it is followed by one that sends the same id again, which the key
+ * service (Idempotency-Key) and the command topic's consumers take as the same command.
+ */
+export function derivedCommandId(...parts: string[]): string {
+  const h = createHash('sha256').update(parts.join('\u0000')).digest('hex')
+  const variant = ((parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16)
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-8${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`
 }

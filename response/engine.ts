@@ -6,7 +6,7 @@ import { queryRows, type ClickHouseClient } from '../clickhouse/client.ts'
 import type { FindingDraft } from '../detectors/detector.ts'
 import type { Finding, Recorded } from '../detectors/findings.ts'
 import { chTime } from '../clickhouse/time.ts'
-import type { Action, ActionStatus, ActionStore } from './actions.ts'
+import { derivedCommandId, type Action, type ActionStatus, type ActionStore } from './actions.ts'
 import { matchRule, type Policy } from './policy.ts'
 import type { CommandSender, SendResult } from './senders.ts'
 import { KeywatchError, kindOfStatus } from '../core/errors.ts'
@@ -189,6 +189,8 @@ export class ResponseEngine {
       if (this.holdReason(facts, paused)) continue
       const { command, note } = commandFor(facts, rule.action)
       const action = this.deps.actions.draft({
+        // The same id the leak detector's finding would be decided with (a leader dying between send and record).
+        command_id: leakCommandId(key.key_id, String(hash), command, 1),
         command,
         account_id: key.account_id,
         key_id: key.key_id,
@@ -236,15 +238,19 @@ export class ResponseEngine {
   }
 
   /**
-   * Several instances (issue 16): automatic actions a previous leader saved as requested over HTTP but may not have
-   * sent (it died mid-revoke) are sent now, with their own command id: the key service's Idempotency-Key makes a
-   * repeat of one that did go out the same revoke. Never decided again (the finding already has its action).
+   * Several instances (issue 16): automatic actions a previous leader saved as requested but may not have sent (it
+   * died mid-revoke) are sent now, with their own command id, never decided again (the finding already has its
+   * action). Over HTTP the key service's Idempotency-Key makes a repeat of one that did go out the same revoke. Over
+   * Kafka the lifecycle events stored so far confirm what was carried out first; the rest are published again with
+   * the same command id, which the command topic's consumers deduplicate by.
    */
   async resumeRequested(): Promise<Action[]> {
-    const open = (await this.deps.actions.withStatus(['requested'], new Date(this.now() - 24 * HOUR_MS))).filter(
-      (a) => a.requested_by.startsWith('auto:') && a.transport === 'http' && this.deps.sender.transport === 'http',
-    )
+    const transport = this.deps.sender.transport
+    if (transport === 'none') return []
+    if (transport === 'kafka') await this.confirmFromLifecycle()
+    const open = (await this.deps.actions.withStatus(['requested'], new Date(this.now() - 24 * HOUR_MS))).filter((a) => a.requested_by.startsWith('auto:') && a.transport === transport)
     for (const a of open) this.decided.add(a.finding_id)
+    if (open.length) this.deps.log.warn({ actions: open.length, transport, commands: open.map((a) => a.command_id) }, 'sending again the automatic actions a previous leader left requested (same command ids)')
     return Promise.all(open.map((a) => this.send(a)))
   }
 
@@ -314,7 +320,11 @@ export class ResponseEngine {
       const rule = key && matchRule(this.deps.policy, { detector: finding.detector, severity: finding.severity, key_kind: key.key_kind, mode: key.mode })
       if (!key || !rule || rule.action === 'alert') continue
       const { command, note } = commandFor(key, rule.action)
+      const leakedSecret = finding.detector === 'leak.public_report' ? finding.evidence.token_sha256 : undefined
       const action = this.deps.actions.draft({
+        // A leaked secret's command has an id any leader derives alike (the fast path's too): sent once however many
+        // leaders decide it. Other findings: written before they are sent, so a new leader resends the same one.
+        ...(typeof leakedSecret === 'string' ? { command_id: leakCommandId(key.key_id, leakedSecret, command, before.length + 1) } : {}),
         command,
         account_id: key.account_id,
         key_id: key.key_id,
@@ -588,7 +598,7 @@ export class ResponseEngine {
     let sent = action
     if (result.state === 'not_revocable' && action.command === 'revoke') {
       // 422: the key service says the key cannot be revoked (an auto-generated key): reset it instead.
-      sent = { ...action, command: 'reset', command_id: randomUUID(), status_detail: joinDetail(action.status_detail, 'key service: not revocable (422), reset instead') }
+      sent = { ...action, command: 'reset', command_id: derivedCommandId(action.command_id, 'reset'), status_detail: joinDetail(action.status_detail, 'key service: not revocable (422), reset instead') }
       result = await this.deps.sender.send(commandOf(sent))
     }
     const done = this.settle(sent, result)
@@ -764,6 +774,11 @@ export class ResponseEngine {
     this.queue = next.catch(() => undefined)
     return next
   }
+}
+
+/** One leaked secret of one key, one command per attempt (1 = the first), whoever decides it. */
+function leakCommandId(keyId: string, secretSha256: string, command: string, attempt: number): string {
+  return derivedCommandId('leak.public_report', keyId, secretSha256.toLowerCase(), command, String(attempt))
 }
 
 /** An auto-generated key cannot be revoked: it is reset instead. */

@@ -20,6 +20,17 @@ let smtp: SmtpStandIn
 let rt: Runtime
 const services: AlertService[] = []
 
+function baseConfig(channel: string): AlertsConfig {
+  return {
+    routes: { routes: [{ severities: [], detectors: [], accounts: [], slack: channel, email: [] }], digests: [] },
+    slack: { token: 'xoxb-test-token', apiUrl: slack.apiUrl },
+    smtp: { url: smtp.url, from: 'keywatch <keywatch@test.example>' },
+    publicUrl: 'https://keywatch.example',
+    dedupHours: 6,
+    maxPerMinute: 10,
+  }
+}
+
 /** A service of its own on the shared engine: its channel, cap and clock. */
 async function service(channel: string, over: Partial<AlertsConfig> = {}, now?: () => number, log = captureLog()): Promise<AlertService> {
   const config: AlertsConfig = {
@@ -239,5 +250,73 @@ describe('digests for every account (*)', () => {
     expect(`${b!.text}${b!.html}`).not.toMatch(/acct_StarA001|acct_StarC001|key_StaleA01|key_FineC001/)
     const everything = JSON.stringify(slack.calls) + JSON.stringify(slack.refused) + smtp.mails.map((m) => `${m.subject}\n${m.text}\n${m.html}`).join('\n')
     expect(everything).not.toContain(pasted)
+  })
+})
+
+describe('a sender that dies with an alert on the wire (issue 16)', () => {
+  const rowsOf = (findingId: string) =>
+    queryRows<{ alert_id: string; status: string; slack_ts: string; claimed_by: string }>(rt.storage.client, 'SELECT alert_id, status, slack_ts, claimed_by FROM alert_outbox FINAL WHERE finding_id = {f:String}', { f: findingId })
+
+  it('Slack had it: the next sender finds it in the channel by its metadata and does not post it again', async () => {
+    let release!: () => void
+    const hung = new Promise<void>((r) => (release = r))
+    // The first sender's post reaches Slack; Slack's answer never reaches it (it died): its row stays `sending`.
+    slack.beforeAnswer = (call) => (call.fields.channel === 'C0DIED' ? hung : undefined)
+    const dying = new AlertService(rt.storage.client, { ...baseConfig('C0DIED') }, captureLog(), Date.now, undefined, 'leader-a')
+    await dying.start()
+    const [recorded] = await record(bruteForce('acct_Died0001', 1))
+    await dying.onFindings([recorded!])
+    await waitFor('the post at Slack', async () => postedTo('C0DIED').length === 1 || undefined, 10_000)
+    await waitFor('the row marked sending', async () => (await rowsOf(recorded!.finding.finding_id)).find((r) => r.status === 'sending'), 10_000)
+    expect((await rowsOf(recorded!.finding.finding_id))[0]).toMatchObject({ status: 'sending', claimed_by: 'leader-a' })
+
+    slack.beforeAnswer = undefined
+    const log = captureLog()
+    const next = await service('C0DIED', {}, undefined, log)
+    await next.outbox.idle()
+    const posted = slack.calls.filter((c) => c.method === 'chat.postMessage' && c.fields.channel === 'C0DIED')
+    expect(posted).toHaveLength(1) // not sent twice
+    expect(JSON.parse(posted[0]!.fields.metadata!)).toMatchObject({ event_type: 'keywatch_alert', event_payload: { alert_id: (await rowsOf(recorded!.finding.finding_id))[0]!.alert_id } })
+    expect(slack.reads.filter((r) => r.method === 'conversations.history' && r.fields.channel === 'C0DIED').length).toBeGreaterThanOrEqual(1)
+    expect((await rowsOf(recorded!.finding.finding_id))[0]).toMatchObject({ status: 'delivered', slack_ts: posted[0]!.ts })
+    expect(log.lines.map((l) => l.msg)).toContain('alert found at the peer already: recorded as delivered, not sent again')
+    release()
+    await dying.stop()
+  })
+
+  it('Slack never got it (the request did not arrive): the next sender looks, does not find it, and posts it once', async () => {
+    // A Slack that cannot be reached: the attempt's outcome is unknown, so the row stays `sending`.
+    const dying = new AlertService(rt.storage.client, { ...baseConfig('C0LOST'), slack: { token: 'xoxb-test-token', apiUrl: 'http://127.0.0.1:9/api/' } }, captureLog(), Date.now, undefined, 'leader-b')
+    await dying.start()
+    const [recorded] = await record(bruteForce('acct_Lost0001', 1))
+    await dying.onFindings([recorded!])
+    await waitFor('an attempt that may have arrived', async () => (await rowsOf(recorded!.finding.finding_id)).find((r) => r.status === 'sending' && r.claimed_by === 'leader-b'), 15_000)
+    await dying.stop()
+    const next = await service('C0LOST')
+    await next.outbox.idle()
+    expect(postedTo('C0LOST')).toEqual(['HIGH MFA brute force on usr_0'])
+    expect((await rowsOf(recorded!.finding.finding_id))[0]).toMatchObject({ status: 'delivered' })
+  })
+
+  it('mail: sent again by the next sender, with the same Message-ID (receivers deduplicate by it)', async () => {
+    let release!: () => void
+    const hung = new Promise<void>((r) => (release = r))
+    const to = `died-${randomUUID().slice(0, 6)}@test.example`
+    smtp.beforeAnswer = (mail) => (mail.to && JSON.stringify(mail.to).includes(to) ? hung : undefined)
+    const mailRoutes = { routes: [{ severities: [], detectors: [], accounts: [], slack: '', email: [to] }], digests: [] }
+    const dying = new AlertService(rt.storage.client, { ...baseConfig(''), slack: undefined, routes: mailRoutes }, captureLog(), Date.now, undefined, 'leader-c')
+    await dying.start()
+    const [recorded] = await record([{ ...bruteForce('acct_MailDie1', 1)[0]!, severity: 'critical' as const }]) // mail is for critical findings
+    await dying.onFindings([recorded!])
+    const mailsTo = () => smtp.mails.filter((m) => JSON.stringify(m.to).includes(to))
+    await waitFor('the mail at the server', async () => mailsTo().length === 1 || undefined, 10_000)
+    smtp.beforeAnswer = undefined
+    const next = await service('', { slack: undefined, routes: mailRoutes })
+    await next.outbox.idle()
+    await waitFor('the mail again', async () => mailsTo().length === 2 || undefined, 10_000)
+    const [row] = await rowsOf(recorded!.finding.finding_id)
+    expect(new Set(mailsTo().map((m) => m.messageId))).toEqual(new Set([`<${row!.alert_id}@test.example>`]))
+    release()
+    await dying.stop()
   })
 })

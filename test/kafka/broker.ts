@@ -81,6 +81,8 @@ export interface Broker {
   libsDir: string
   /** SIGTERM, SIGKILL after 15 s, then the temporary directory is removed. Idempotent. */
   stop(): Promise<void>
+  /** Stops the broker (SIGTERM by default), leaves it down `downMs`, starts it again on the same ports and data. */
+  restart(how?: { signal?: 'SIGTERM' | 'SIGKILL'; downMs?: number }): Promise<void>
 }
 
 /** Starts a single-node KRaft broker on two free loopback ports and resolves once it serves metadata. */
@@ -138,60 +140,71 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
   }
 
   const jvm = ['-Xms128m', '-Xmx512m', '-XX:+UseSerialGC', '-XX:+ExitOnOutOfMemoryError', '-Djava.awt.headless=true', `-Dlog4j2.configurationFile=${LOG4J_CONFIG}`]
-  const child = spawn('java', [...jvm, '-cp', classpath, 'kafka.Kafka', properties], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
-  const exited = new Promise<void>((r) => {
-    child.once('exit', () => r())
-    child.once('error', (e) => {
-      remember(`could not run java: ${e.message}`)
-      r()
-    })
-  })
+  let child!: ChildProcess
+  let exited!: Promise<void>
+  let watchdog: { stop(): void } | undefined
   const alive = () => child.exitCode === null && child.signalCode === null && child.pid !== undefined
-  for (const stream of [child.stdout, child.stderr]) {
-    let partial = ''
-    stream.setEncoding('utf8')
-    stream.on('data', (chunk: string) => {
-      const lines = (partial + chunk).split('\n')
-      partial = lines.pop() ?? ''
-      for (const line of lines) {
-        if (!line.trim()) continue
-        remember(line)
-        opts.log?.(line)
-      }
+  // One JVM on the same properties and data directory: started here, and again by restart().
+  const launch = () => {
+    child = spawn('java', [...jvm, '-cp', classpath, 'kafka.Kafka', properties], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] })
+    const running = child
+    exited = new Promise<void>((r) => {
+      running.once('exit', () => r())
+      running.once('error', (e) => {
+        remember(`could not run java: ${e.message}`)
+        r()
+      })
     })
-    // The broker alone must not keep this process alive; if it exits, the broker goes with it (below).
-    ;(stream as unknown as Socket).unref()
+    for (const stream of [running.stdout!, running.stderr!]) {
+      let partial = ''
+      stream.setEncoding('utf8')
+      stream.on('data', (chunk: string) => {
+        const lines = (partial + chunk).split('\n')
+        partial = lines.pop() ?? ''
+        for (const line of lines) {
+          if (!line.trim()) continue
+          remember(line)
+          opts.log?.(line)
+        }
+      })
+      // The broker alone must not keep this process alive; if it exits, the broker goes with it (below).
+      ;(stream as unknown as Socket).unref()
+    }
+    running.unref()
+    // If this process dies without running exit handlers (SIGKILL, an unhandled signal), a watchdog that waits for
+    // the end of its stdin pipe from us stops the broker and removes the directory.
+    watchdog = running.pid === undefined ? undefined : startWatchdog(running.pid, dir)
   }
-  child.unref()
+  launch()
 
-  // If this process exits without stop(): kill the broker then. If it dies without running exit handlers (SIGKILL,
-  // an unhandled signal), a watchdog that waits for the end of its stdin pipe from us stops the broker and removes
-  // the directory.
+  // If this process exits without stop(): kill the broker then.
   const killOnExit = () => {
     if (alive()) child.kill('SIGKILL')
   }
   process.on('exit', killOnExit)
-  const watchdog = child.pid === undefined ? undefined : startWatchdog(child.pid, dir)
 
+  const halt = async (signal: 'SIGTERM' | 'SIGKILL') => {
+    if (alive()) {
+      child.kill(signal)
+      if (!(await within(exited, 15_000))) {
+        child.kill('SIGKILL')
+        await within(exited, 10_000)
+      }
+    }
+    watchdog?.stop()
+  }
   let stopping: Promise<void> | undefined
   const stop = () =>
     (stopping ??= (async () => {
-      if (alive()) {
-        child.kill('SIGTERM')
-        if (!(await within(exited, 15_000))) {
-          child.kill('SIGKILL')
-          await within(exited, 10_000)
-        }
-      }
+      await halt('SIGTERM')
       process.off('exit', killOnExit)
-      watchdog?.stop()
       cleanupDir()
     })())
 
   const brokers = `127.0.0.1:${port}`
   const timeoutMs = opts.startTimeoutMs ?? 60_000
-  const deadline = Date.now() + timeoutMs
-  try {
+  const serving = async () => {
+    const deadline = Date.now() + timeoutMs
     for (;;) {
       if (!alive()) throw new Error(`the Kafka broker exited during start-up (code ${child.exitCode ?? child.signalCode}). Its last lines:\n${tail.join('\n')}`)
       if (await servesMetadata(brokers)) break
@@ -200,11 +213,20 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
       }
       await Promise.race([exited, sleep(300)])
     }
+  }
+  try {
+    await serving()
   } catch (e) {
     await stop()
     throw e
   }
-  return { brokers, libsDir, stop }
+  const restart = async (how: { signal?: 'SIGTERM' | 'SIGKILL'; downMs?: number } = {}) => {
+    await halt(how.signal ?? 'SIGTERM')
+    await sleep(how.downMs ?? 0)
+    launch()
+    await serving()
+  }
+  return { brokers, libsDir, stop, restart }
 }
 
 /** True once the broker accepts a connection and answers a metadata request. */

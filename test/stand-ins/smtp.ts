@@ -9,12 +9,15 @@ export interface SmtpStandIn {
   mails: ParsedMail[]
   /** Addresses answered with 550 at RCPT TO. */
   refuse: Set<string>
+  /** Called with each mail before the server answers 250 (a test can kill the sender there); the answer waits for it. */
+  beforeAnswer?: (mail: ParsedMail) => void | Promise<void>
   close(): Promise<void>
 }
 
 export async function startSmtpStandIn(): Promise<SmtpStandIn> {
   const mails: ParsedMail[] = []
   const refuse = new Set<string>()
+  const state: { beforeAnswer?: SmtpStandIn['beforeAnswer'] } = {}
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ['STARTTLS'],
@@ -27,7 +30,7 @@ export async function startSmtpStandIn(): Promise<SmtpStandIn> {
       simpleParser(stream).then(
         (mail) => {
           mails.push(mail)
-          done()
+          void Promise.resolve(state.beforeAnswer?.(mail)).finally(() => done())
         },
         (err: Error) => done(err),
       )
@@ -35,5 +38,5 @@ export async function startSmtpStandIn(): Promise<SmtpStandIn> {
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
   const port = (server.server.address() as AddressInfo).port
-  return { url: `smtp://127.0.0.1:${port}`, mails, refuse, close: () => new Promise<void>((r) => server.close(() => r())) }
+  return Object.assign(state, { url: `smtp://127.0.0.1:${port}`, mails, refuse, close: () => new Promise<void>((r) => server.close(() => r())) })
 }
