@@ -119,8 +119,9 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
   // The repair of views an unclean stop left incomplete. It never destroys (see clickhouse/recovery.ts); if it
   // fails, the instance runs on and the repair is tried again, with the same rows, while no insert runs.
   // One process owns an embedded data directory, so it sees every insert: the duplicate decision can be made in
-  // memory. A server may have other writers (instances, one-shot commands): there the engine is asked.
-  const recentIds = storage.mode === 'embedded' && (config.ingest.dedupIndexIds ?? 0) > 0 ? new RecentIds(storage.client, config.ingest.dedupIndexIds!) : undefined
+  // memory. A server may have other writers (instances, one-shot commands): there the engine is asked. So does a
+  // store shared with other runtimes (the fault suite's stand-in for a server).
+  const recentIds = storage.mode === 'embedded' && !shared && (config.ingest.dedupIndexIds ?? 0) > 0 ? new RecentIds(storage.client, config.ingest.dedupIndexIds!) : undefined
   const repair = async (): Promise<boolean> => {
     try {
       const recovered = await recoverViews(storage, windows)
