@@ -8,7 +8,8 @@ export default defineConfig({
     // 2 cores: a real broker, the engine and the tests share them.
     maxWorkers: 2,
     globalSetup: ['test/global-setup.ts'],
-    testTimeout: 60_000,
+    // Tests with a real broker, processes and Chromium take 20-40 s on a quiet 2-core machine; twice that when it is busy.
+    testTimeout: 120_000,
     hookTimeout: 120_000,
   },
 })
