@@ -60,12 +60,7 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
       await bootstrap.close()
     }
     const client = createClient({ url: config.url, username: config.user, password: config.password, database: config.database, clickhouse_settings: SETTINGS })
-    const insertLines: Storage['insertLines'] = async (table, columns, lines, settings) => {
-      if (!lines.length) return
-      // A byte stream is sent as it is: the lines are JSONCompactEachRow already.
-      const body = Readable.from([lines.join('\n') + '\n'], { objectMode: false })
-      await client.insert({ table, values: body, columns: columns as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: settings })
-    }
+    const insertLines = bodyInsert(client)
     return {
       client,
       database: config.database,
@@ -133,6 +128,24 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
       await client.close()
       await rm(spool, { recursive: true, force: true })
     },
+  }
+}
+
+/**
+ * A server's insert of rows already encoded: the JSONCompactEachRow lines are the body of the INSERT, not encoded
+ * again by the client (its `insert` wants objects for JSON formats).
+ */
+export function bodyInsert(client: ClickHouseClient): Storage['insertLines'] {
+  return async (table, columns, lines, settings) => {
+    if (!lines.length) return
+    // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
+    const result = await client.exec({
+      query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) FORMAT JSONCompactEachRow`,
+      values: Readable.from([Buffer.from(lines.join('\n') + '\n')]),
+      clickhouse_settings: settings,
+    })
+    result.stream.resume()
+    await new Promise((resolve, reject) => result.stream.once('end', resolve).once('error', reject))
   }
 }
 

@@ -2,11 +2,11 @@
 // token in the raw table and every view, errors with the engine's message, no file left behind.
 import { readdirSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import type { Storage } from '../clickhouse/client.ts'
+import { bodyInsert, type Storage } from '../clickhouse/client.ts'
 import { auth, keyNamed, lifecycle } from '../contract/builders.ts'
 import type { AuthEvent, KeyLifecycle } from '../contract/events.ts'
 import { usageEvent } from '../contract/synthetic.ts'
-import { toRow } from '../ingest/rows.ts'
+import { COLUMNS_OF_LINE, toRow } from '../ingest/rows.ts'
 import { count, openTestStorage, tempDir } from './helpers.ts'
 
 let storage: Storage
@@ -75,5 +75,22 @@ describe('insertRows (embedded)', () => {
     await expect(storage.insertRows('key_usage', batch, { insert_deduplication_token: 'bad' })).rejects.toThrow(/status|parse|UInt16/i)
     expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before)
     expect(spoolFiles()).toEqual([])
+  })
+
+  it('stores usage rows built as lines exactly, through the file, inline, and the server path', async () => {
+    const columns = COLUMNS_OF_LINE.key_usage!
+    const odd = { ...usageEvent(30_000, { to: now - 60_000 }), user_agent: 'quote " backslash \\ é ☃', key_id: null, asn: null, origin: null }
+    const made = [toRow('key.usage', odd), ...Array.from({ length: 5_999 }, (_, i) => toRow('key.usage', usageEvent(30_001 + i, { to: now - 60_000 })))]
+    const before = await count(storage, 'SELECT count() AS n FROM key_usage')
+    await storage.insertLines('key_usage', columns, made.slice(0, 5_000).map((r) => r.line!), { insert_deduplication_token: 'lines-file' })
+    await storage.insertLines('key_usage', columns, made.slice(5_000, 5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-inline' })
+    // A server gets the lines as the body of an INSERT; the embedded client speaks the same protocol.
+    await bodyInsert(storage.client)('key_usage', columns, made.slice(5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-body' })
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before + 6_000)
+    const [stored] = await (
+      await storage.client.query({ query: 'SELECT user_agent, key_id, asn, origin, toString(occurred_at) AS at FROM key_usage WHERE event_id = {id:UUID}', query_params: { id: made[0]!.eventId }, format: 'JSONEachRow' })
+    ).json<Record<string, unknown>>()
+    expect(stored).toEqual({ user_agent: odd.user_agent, key_id: '', asn: 0, origin: '', at: made[0]!.values.occurred_at })
+    expect(made[0]!.values).toMatchObject({ event_id: odd.event_id, account_id: odd.account_id, status: odd.status, client_side: 0 })
   })
 })
