@@ -1,5 +1,5 @@
-// Step three: a batching writer per table. Rows wait in a buffer until it is full, or until the table's current
-// batch has looked up its duplicates (group commit: batches grow with the load), or briefly when the table is idle;
+// Step three: a batching writer per table. Rows wait in a buffer until it is full, or until the table's batch in
+// flight is done (group commit: batches grow with the load), or briefly when the table is idle;
 // then they go to ClickHouse as one insert (or a few: see `byPartitionSpan`); each caller's promise settles only
 // when the inserts covering its rows are acknowledged, which is what lets the Kafka consumer commit offsets safely.
 // Rows are never dropped: a failed insert that retrying may cure is retried with the same deduplication token, and
@@ -81,8 +81,8 @@ interface TableState {
   waiters: Waiter[]
   rows: number
   timer?: NodeJS.Timeout
-  /** A batch is looking up its duplicates (not yet inserting): new rows wait for it. */
-  lookingUp: boolean
+  /** Batches sent and not finished: while one is, new rows wait in the buffer and go together when it is done. */
+  busy: number
   /** Settles when the latest batch knows which of its rows are new. */
   lastLookup: Promise<void>
   /** Settles when the latest batch's inserts are done: true if they were acknowledged, false if they failed. */
@@ -130,9 +130,9 @@ export class EventWriter {
     const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, owned, resolve, reject }))
     state.rows += rows.length
     if (state.rows >= this.options.maxRows) this.flush(table)
-    // Group commit: an idle table lingers briefly for more rows; a busy one sends what piled up once its current
-    // batch has looked up its duplicates and moved on to inserting.
-    else if (!state.lookingUp) state.timer ??= setTimeout(() => this.flush(table), this.options.lingerMs?.[table] ?? this.options.maxWaitMs)
+    // Group commit: an idle table lingers briefly for more rows; a busy one keeps them until its batch in flight is
+    // done, then sends them as one (batches grow with the load, and the engine's cost per row falls with their size).
+    else if (state.busy === 0) state.timer ??= setTimeout(() => this.flush(table), this.options.lingerMs?.[table] ?? this.options.maxWaitMs)
     return promise
   }
 
@@ -149,7 +149,7 @@ export class EventWriter {
 
   private state(table: TableName): TableState {
     let state = this.tables.get(table)
-    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, lookingUp: false, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Map(), fences: 0 }))
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, busy: 0, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Map(), fences: 0 }))
     return state
   }
 
@@ -161,7 +161,12 @@ export class EventWriter {
     const waiters = state.waiters
     state.waiters = []
     state.rows = 0
-    const task = this.insertBatch(table, state, waiters).finally(() => this.inflight.delete(task))
+    state.busy++
+    const task = this.insertBatch(table, state, waiters).finally(() => {
+      this.inflight.delete(task)
+      // What piled up while this batch was in flight goes next, as one batch.
+      if (--state.busy === 0 && state.waiters.length) this.flush(table)
+    })
     this.inflight.add(task)
   }
 
@@ -216,7 +221,6 @@ export class EventWriter {
     state.lastInsert = new Promise<boolean>((resolve) => (markDone = resolve))
     let markLookedUp!: () => void
     state.lastLookup = new Promise<void>((resolve) => (markLookedUp = resolve))
-    state.lookingUp = true
     const started = performance.now()
     let lookupMs = 0
     try {
@@ -230,8 +234,6 @@ export class EventWriter {
       } finally {
         release()
         markLookedUp()
-        state.lookingUp = false
-        this.flush(table) // what piled up during the lookup goes next
       }
       if (!(await previous) && aheadDuplicates.length) {
         // The batch those rows counted on failed: what of it did not land goes in with this one.
