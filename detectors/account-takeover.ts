@@ -52,7 +52,7 @@ export default defineDetector({
           AND (account_id, user_id) IN (SELECT account_id, uid FROM logins)
         GROUP BY account_id, uid
     ),
-    live_keys AS (SELECT DISTINCT key_id FROM key_lifecycle WHERE mode = 'live' AND occurred_at <= at_),
+    live_keys AS (SELECT DISTINCT key_id FROM key_lifecycle WHERE account_id IN (SELECT account_id FROM candidates) AND mode = 'live' AND occurred_at <= at_),
     -- What the user did around the login: failures before it, sensitive actions after it, earlier logins.
     marks AS (
         SELECT account_id, uid, occurred_at,
