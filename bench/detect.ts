@@ -59,7 +59,9 @@ process.stdout.write(`  (${((performance.now() - t) / 1000).toFixed(0)} s)\n`)
 }
 if ((await stored('SELECT count() AS n FROM key_lifecycle')) === 0) {
 t = performance.now()
-// Lifecycle of the 10,000 keys: created 0-199 days ago; every 97th revoked 2 days ago; every 53rd rotated 3 days ago.
+// Lifecycle of the 10,000 keys: created 0-199 days ago by a member of the account (every 500th by the system), every
+// 10th from the 5th restricted (a third of those with a refunds write scope they never use); every 97th revoked 2
+// days ago; every 53rd rotated 3 days ago.
 await client.command({
   query: `
     INSERT INTO key_lifecycle (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, action, actor_type, actor_id, label, scopes,
@@ -67,8 +69,10 @@ await client.command({
     SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalDay(k % 200) - toIntervalHour(1),
            concat('acct_', leftPad(toString(k % 500), 6, '0')), concat('key_', leftPad(toString(k), 8, '0')),
            concat(if(k % 10 = 0, 'pk', 'sk'), '_', if(k % 7 = 0, 'test', 'live'), '_', leftPad(toString(k % 10000), 4, '0')),
-           if(k % 10 = 0, 'publishable', 'secret'), if(k % 7 = 0, 'test', 'live'), 'created', if(k % 500 = 0, 'system', 'user'),
-           if(k % 500 = 0, NULL, concat('usr_', toString(k % 5000))), 'api', 'null',
+           multiIf(k % 10 = 0, 'publishable', k % 10 = 5, 'restricted', 'secret'), if(k % 7 = 0, 'test', 'live'), 'created', if(k % 500 = 0, 'system', 'user'),
+           if(k % 500 = 0, NULL, concat('usr_', toString(k % 5000))), 'api',
+           multiIf(k % 30 = 5, '[{"scope":"payments","access":["read","write"]},{"scope":"refunds","access":["read","write"]}]',
+                   k % 10 = 5, '[{"scope":"payments","access":["read","write"]}]', 'null'),
            if(k % 300 = 5, {at:DateTime64(3, 'UTC')} + toIntervalDay(3), NULL), k % 500 = 0, lower(hex(SHA256(toString(k)))), NULL, NULL, NULL
     FROM (SELECT number AS k FROM numbers(${KEYS}))`,
   query_params: p,
@@ -131,7 +135,7 @@ await client.command({
     INSERT INTO key_lifecycle (event_id, occurred_at, account_id, key_id, key_prefix, key_kind, mode, action, actor_type, actor_id, actor_role, actor_step_up, scopes)
     SELECT generateUUIDv4(), {at:DateTime64(3, 'UTC')} - toIntervalMinute(k % 1400), concat('acct_', leftPad(toString(k % 500), 6, '0')),
            concat('key_', leftPad(toString(k), 8, '0')), 'sk_live_0000', 'secret', if(k % 7 = 0, 'test', 'live'), 'scopes_changed', 'user',
-           concat('usr_', toString(k % 5000)), if(k % 3 = 0, 'developer', 'owner'), if(k % 5 = 0, 'none', 'otp'), '["payments:write"]'
+           concat('usr_', toString(k % 5000)), if(k % 3 = 0, 'developer', 'owner'), if(k % 5 = 0, 'none', 'otp'), '[{"scope":"payments","access":["read","write"]}]'
     FROM (SELECT number AS k FROM numbers(${KEYS}) WHERE number % 101 = 9)`,
   query_params: p,
 })
