@@ -273,9 +273,11 @@ Object.assign(NAIVE, {
       LEFT JOIN (SELECT account_id, key_id, count() AS n FROM key_usage WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 7 DAY AND occurred_at <= {at:DateTime64(3, 'UTC')}
                  GROUP BY account_id, key_id) AS u ON u.account_id = i.account_id AND u.key_id = i.key_id
       WHERE i.status IN ('active', 'rotating') AND r.removed_at > c.created_at GROUP BY i.account_id, i.key_id`,
-  'key.overprivileged': `SELECT account_id, key_id, groupUniqArray(scope) FROM key_usage
-      WHERE occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 90 DAY AND status < 400 AND method IN ('POST', 'PUT', 'PATCH', 'DELETE') AND key_kind = 'restricted'
-      GROUP BY account_id, key_id`,
+  'key.overprivileged': `SELECT i.account_id, i.key_id, any(i.scopes), groupUniqArrayIf(u.scope, u.status < 400 AND u.method IN ('POST', 'PUT', 'PATCH', 'DELETE'))
+      FROM key_inventory_at(at = {at:DateTime64(3, 'UTC')}) AS i LEFT JOIN key_usage AS u ON u.account_id = i.account_id AND u.key_id = i.key_id
+        AND u.occurred_at > {at:DateTime64(3, 'UTC')} - INTERVAL 90 DAY AND u.occurred_at <= {at:DateTime64(3, 'UTC')}
+      WHERE i.key_kind = 'restricted' AND i.status IN ('active', 'rotating') AND i.created_at <= {at:DateTime64(3, 'UTC')} - INTERVAL 90 DAY
+      GROUP BY i.account_id, i.key_id`,
 })
 
 // Issue 13's detectors: each is to answer at least 10 times faster from its rollups than the same question asked
@@ -302,8 +304,16 @@ for (const r of runs) {
     naiveTotal += ms
     const ratio = ms / Math.max(r.durationMs, 0.1)
     const behavioural = BEHAVIOURAL.includes(r.detector)
-    if (behavioural && ratio < 10) slowBehavioural.push(r.detector)
-    naive = `${ms.toFixed(0).padStart(8)} ms  (${ratio.toFixed(1)}x${behavioural ? (ratio >= 10 ? ', target >= 10x met' : ', TARGET >= 10x MISSED') : ''})`
+    if (behavioural) {
+      // The detector's own query alone, as the raw question is timed (the run's ms also records its findings).
+      const d = engine.get(r.detector)
+      const q0 = performance.now()
+      await queryRows(client, d.query, { ...d.params, at: p.at })
+      const queryMs = performance.now() - q0
+      const vsQuery = ms / Math.max(queryMs, 0.1)
+      if (vsQuery < 10) slowBehavioural.push(r.detector)
+      naive = `${ms.toFixed(0).padStart(8)} ms  (${ratio.toFixed(1)}x the run; its query alone ${queryMs.toFixed(0)} ms: ${vsQuery.toFixed(1)}x${vsQuery >= 10 ? '' : ', UNDER 10x'})`
+    } else naive = `${ms.toFixed(0).padStart(8)} ms  (${ratio.toFixed(1)}x)`
   } else if (BEHAVIOURAL.includes(r.detector)) {
     naive = '       n/a  (reads the lifecycle events or the inventory themselves)'
   }

@@ -23,7 +23,13 @@ export default defineDetector({
   params: { window_seconds: 86_400, dormant_days: 30, history_days: 400 },
   query: `
     WITH {at:DateTime64(3, 'UTC')} - toIntervalSecond({window_seconds:UInt32}) AS since,
-    recent AS (${RECENT_NETWORKS}),
+    -- Keys used on a whole day that ends less than dormant_days before any use in the window cannot be dormant:
+    -- the daily usage rollup rules them out before their networks' whole history is read.
+    active AS (
+        SELECT DISTINCT account_id, key_id FROM key_usage_daily
+        WHERE day > toDate(since + toIntervalSecond({window_seconds:UInt32}) - toIntervalDay({dormant_days:UInt32})) AND day < toDate(since)
+    ),
+    recent AS (SELECT * FROM (${RECENT_NETWORKS}) WHERE (account_id, key_id) NOT IN (SELECT account_id, key_id FROM active)),
     known AS (${networksBefore('{history_days:UInt32}')}),
     history AS (
         SELECT account_id, key_id, max(last_seen) AS last_seen,
