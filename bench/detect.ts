@@ -292,10 +292,18 @@ const total = runs.reduce((s, r) => s + r.durationMs, 0)
 const [load] = await import('node:os').then((os) => os.loadavg())
 console.log('')
 console.log(`bench:detect  ${N.toLocaleString('en')} key.usage events, ${KEYS.toLocaleString('en')} keys, ${DAYS} days, 2 cores, load average ${load!.toFixed(1)} at the start of the runs`)
-console.log(`  ${'detector'.padEnd(36)} ${'ms'.padStart(8)} ${'rows read'.padStart(12)} ${'findings'.padStart(9)}   same question on raw events`)
+console.log(`  ${'detector'.padEnd(36)} ${'run ms'.padStart(8)} ${'query ms'.padStart(9)} ${'rows read'.padStart(12)} ${'findings'.padStart(9)}   same question on raw events`)
 let naiveTotal = 0
+let queriesTotal = 0
 const slowBehavioural: string[] = []
 for (const r of runs) {
+  // The detector's own query alone, as the raw question is timed (a run also records its findings: one look-up of
+  // the findings already open and one insert, which grows with the findings).
+  const d = engine.get(r.detector)
+  const q0 = performance.now()
+  await queryRows(client, d.query, { ...d.params, at: p.at })
+  const queryMs = performance.now() - q0
+  queriesTotal += queryMs
   let naive = ''
   if (NAIVE[r.detector]) {
     const t0 = performance.now()
@@ -304,23 +312,16 @@ for (const r of runs) {
     naiveTotal += ms
     const ratio = ms / Math.max(r.durationMs, 0.1)
     const behavioural = BEHAVIOURAL.includes(r.detector)
-    if (behavioural) {
-      // The detector's own query alone, as the raw question is timed (the run's ms also records its findings).
-      const d = engine.get(r.detector)
-      const q0 = performance.now()
-      await queryRows(client, d.query, { ...d.params, at: p.at })
-      const queryMs = performance.now() - q0
-      const vsQuery = ms / Math.max(queryMs, 0.1)
-      if (vsQuery < 10) slowBehavioural.push(r.detector)
-      naive = `${ms.toFixed(0).padStart(8)} ms  (${ratio.toFixed(1)}x the run; its query alone ${queryMs.toFixed(0)} ms: ${vsQuery.toFixed(1)}x${vsQuery >= 10 ? '' : ', UNDER 10x'})`
-    } else naive = `${ms.toFixed(0).padStart(8)} ms  (${ratio.toFixed(1)}x)`
+    const vsQuery = ms / Math.max(queryMs, 0.1)
+    if (behavioural && vsQuery < 10) slowBehavioural.push(r.detector)
+    naive = `${ms.toFixed(0).padStart(8)} ms  (${vsQuery.toFixed(1)}x its query, ${ratio.toFixed(1)}x its run${behavioural ? (vsQuery >= 10 ? '' : '; under 10x') : ''})`
   } else if (BEHAVIOURAL.includes(r.detector)) {
     naive = '       n/a  (reads the lifecycle events or the inventory themselves)'
   }
-  console.log(`  ${r.detector.padEnd(36)} ${r.durationMs.toFixed(0).padStart(8)} ${r.rowsRead.toLocaleString('en').padStart(12)} ${String(r.findings.length).padStart(9)}   ${naive}${r.error ? ` ERROR ${r.error}` : ''}`)
+  console.log(`  ${r.detector.padEnd(36)} ${r.durationMs.toFixed(0).padStart(8)} ${queryMs.toFixed(0).padStart(9)} ${r.rowsRead.toLocaleString('en').padStart(12)} ${String(r.findings.length).padStart(9)}   ${naive}${r.error ? ` ERROR ${r.error}` : ''}`)
 }
-console.log(`  ${`all ${runs.length} detectors`.padEnd(36)} ${total.toFixed(0).padStart(8)} ms   (target: under 3,000 ms${total < 3000 ? ', met' : ', MISSED'})   raw questions: ${naiveTotal.toFixed(0)} ms`)
-if (slowBehavioural.length) console.log(`  under 10x on rollups: ${slowBehavioural.join(', ')}`)
+console.log(`  ${`all ${runs.length} detectors`.padEnd(36)} ${total.toFixed(0).padStart(8)} ${queriesTotal.toFixed(0).padStart(9)}   (target: runs under 3,000 ms${total < 3000 ? ', met' : ', MISSED'})   raw questions: ${naiveTotal.toFixed(0)} ms`)
+if (slowBehavioural.length) console.log(`  behavioural detectors whose query is under 10x faster than the raw question: ${slowBehavioural.join(', ')}`)
 const [count] = await queryRows<{ n: number; after: number }>(client, 'SELECT count() AS n, countIf(occurred_at > {at:DateTime64(3, \'UTC\')}) AS after FROM key_usage', p)
 console.log(`  key_usage rows: ${count!.n.toLocaleString('en')} (${count!.after} after the moment detectors ran as of)`)
 await storage.close()
