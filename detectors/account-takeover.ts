@@ -23,14 +23,14 @@ export default defineDetector({
   params: { lookback_seconds: 7_200, baseline_days: 30, window_seconds: 3_600, min_failures: 5 },
   query: `
     WITH {at:DateTime64(3, 'UTC')} AS at_, at_ - toIntervalSecond({lookback_seconds:UInt32}) AS since,
-    -- Candidates from the rollup alone: users who logged in since since's day from a country not in their 30 days.
-    -- (One pass: a country whose first login day in the 30 days is since's day or later.)
+    -- Candidates from the rollup alone: users who logged in since since from a country not in their 30 days.
+    -- (One pass: a country whose first login day in the 30 days is since's day or later, last logged in from after since.)
     candidates AS (
         SELECT account_id, user_id AS uid
         FROM user_logins_daily
         WHERE day >= toDate(since) - toIntervalDay({baseline_days:UInt32}) AND day <= toDate(at_) AND logins > 0 AND country != ''
         GROUP BY account_id, user_id, country
-        HAVING min(day) >= toDate(since)
+        HAVING min(day) >= toDate(since) AND max(last_login_at) > since
     ),
     -- Their recent events only: the account filter lets the engine skip the other accounts' parts of the table.
     ev AS (
@@ -52,7 +52,7 @@ export default defineDetector({
           AND (account_id, user_id) IN (SELECT account_id, uid FROM logins)
         GROUP BY account_id, uid
     ),
-    live_keys AS (SELECT DISTINCT key_id FROM key_lifecycle WHERE mode = 'live' AND occurred_at <= at_),
+    live_keys AS (SELECT DISTINCT key_id FROM key_lifecycle WHERE account_id IN (SELECT account_id FROM candidates) AND mode = 'live' AND occurred_at <= at_),
     -- What the user did around the login: failures before it, sensitive actions after it, earlier logins.
     marks AS (
         SELECT account_id, uid, occurred_at,

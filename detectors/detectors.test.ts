@@ -57,3 +57,15 @@ describe.each(Object.entries(FIXTURES))('%s', (id, fixtures) => {
     }
   })
 })
+
+describe('shared thresholds', () => {
+  it("moves the password spray's per-IP bar with an override of the brute-force detector's", () => {
+    const moved = new DetectionEngine(storage.client, new FindingStore(storage.client), log, { 'auth.mfa_bruteforce': { min_login_failures: 8 } })
+    expect(moved.get('auth.password_spray').params.below_per_ip).toBe(8)
+    const own = new DetectionEngine(storage.client, new FindingStore(storage.client), log, {
+      'auth.mfa_bruteforce': { min_login_failures: 8 },
+      'auth.password_spray': { below_per_ip: 12 },
+    })
+    expect(own.get('auth.password_spray').params.below_per_ip).toBe(12)
+  })
+})

@@ -23,7 +23,17 @@ export default defineDetector({
   params: { window_seconds: 86_400, dormant_days: 30, history_days: 400 },
   query: `
     WITH {at:DateTime64(3, 'UTC')} - toIntervalSecond({window_seconds:UInt32}) AS since,
-    recent AS (${RECENT_NETWORKS}),
+    -- Candidates from the daily usage rollup alone: keys used since since's day and on none of the whole days that
+    -- end less than dormant_days before any use in the window (such a key cannot be dormant). Few keys, so the
+    -- hourly and daily network reads below touch only their ranges of the rollups.
+    woken_keys AS (
+        SELECT account_id, key_id FROM key_usage_daily
+        WHERE day > toDate(since + toIntervalSecond({window_seconds:UInt32}) - toIntervalDay({dormant_days:UInt32}))
+          AND day <= toDate({at:DateTime64(3, 'UTC')})
+        GROUP BY account_id, key_id
+        HAVING countIf(day >= toDate(since)) > 0 AND countIf(day < toDate(since)) = 0
+    ),
+    recent AS (SELECT * FROM (${RECENT_NETWORKS}) WHERE (account_id, key_id) IN (SELECT account_id, key_id FROM woken_keys)),
     known AS (${networksBefore('{history_days:UInt32}')}),
     history AS (
         SELECT account_id, key_id, max(last_seen) AS last_seen,

@@ -27,6 +27,17 @@ export interface Logger {
 /** Parameter overrides per detector id, e.g. { "abuse.ratelimit_spike": { "min_429s": 80 } }. */
 export type ParamOverrides = Record<string, Params>
 
+/**
+ * A password spray is failures from IPs each below the brute-force detector's per-IP bar: an override of that bar
+ * moves the spray's with it, unless the spray's own is given too.
+ */
+function withSharedThresholds(overrides: ParamOverrides, detectors: Detector<any, any>[]): ParamOverrides {
+  const perIp = overrides['auth.mfa_bruteforce']?.min_login_failures
+  if (perIp === undefined || overrides['auth.password_spray']?.below_per_ip !== undefined) return overrides
+  if (!detectors.some((d) => d.id === 'auth.password_spray')) return overrides
+  return { ...overrides, 'auth.password_spray': { ...overrides['auth.password_spray'], below_per_ip: perIp } }
+}
+
 /** Told after a run recorded its findings. Not awaited: a slow listener never delays the next run. */
 export type RunListener = (result: RunResult) => void | Promise<void>
 
@@ -44,6 +55,7 @@ export class DetectionEngine {
     overrides: ParamOverrides = {},
     detectors: Detector<any, any>[] = DETECTORS,
   ) {
+    overrides = withSharedThresholds(overrides, detectors)
     const problems = Object.keys(overrides)
       .filter((id) => !detectors.some((d) => d.id === id))
       .map((id) => `DETECTOR_PARAMS: no detector ${id}; detectors: ${detectors.map((d) => d.id).join(', ')}`)

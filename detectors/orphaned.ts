@@ -18,21 +18,23 @@ export default defineDetector({
   title: 'Key of a member who left',
   severity: 'medium',
   schedule: '0 * * * *',
-  lookback: 'the key inventory, member removals, 7 days of daily usage rollups',
+  lookback: 'the key inventory, the key creators and membership changes rollups, 7 days of daily usage rollups',
   params: { used_window_days: 7 },
   query: `
     WITH {at:DateTime64(3, 'UTC')} AS at_,
+    -- Who created each key (the creators rollup: members only) and the membership changes kept apart from the
+    -- logins: neither read scans key_lifecycle or auth_events.
     creators AS (
-        SELECT account_id, key_id, argMin(actor_id, occurred_at) AS creator, min(occurred_at) AS created_at
-        FROM key_lifecycle
-        WHERE action = 'created' AND actor_type = 'user' AND actor_id IS NOT NULL AND occurred_at <= at_
+        SELECT account_id, key_id, argMinMerge(creator) AS creator, min(created_at) AS created_at
+        FROM key_creators
         GROUP BY account_id, key_id
+        HAVING created_at <= at_
     ),
     -- The last removal of each member, unless they were invited back afterwards.
     removed AS (
-        SELECT account_id, assumeNotNull(target_user_id) AS member, maxIf(occurred_at, action = 'member.removed') AS removed_at
-        FROM auth_events
-        WHERE action IN ('member.removed', 'member.invited') AND target_user_id IS NOT NULL AND occurred_at <= at_
+        SELECT account_id, member, maxIf(occurred_at, action = 'member.removed') AS removed_at
+        FROM member_changes
+        WHERE occurred_at <= at_
         GROUP BY account_id, member
         HAVING removed_at > toDateTime64(0, 3, 'UTC') AND removed_at >= maxIf(occurred_at, action = 'member.invited')
     ),

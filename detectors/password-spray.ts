@@ -17,21 +17,27 @@ export default defineDetector({
   title: 'Password spray on an account',
   severity: 'high',
   schedule: '* * * * *',
-  lookback: '15 minutes of auth events',
-  // below_per_ip: auth.mfa_bruteforce's min_login_failures; IPs at or over it are that detector's finding.
+  lookback: 'the 15 whole minutes before the run, from the failed-logins-per-minute rollup',
+  // below_per_ip: auth.mfa_bruteforce's min_login_failures (the engine carries an override of it here); an IP at or
+  // over it, counted over every account as that detector does, is that detector's finding. window_seconds is a
+  // whole number of minutes: the window is the last whole minutes before the run (a spray still going on at the
+  // run is seen by the next one, a minute later), so it never reads a minute only partly past.
   params: { window_seconds: 900, min_users: 10, min_ips: 5, below_per_ip: 20 },
   query: `
-    WITH {at:DateTime64(3, 'UTC')} - toIntervalSecond({window_seconds:UInt32}) AS since
+    WITH toStartOfMinute({at:DateTime64(3, 'UTC')}) AS until, until - toIntervalSecond({window_seconds:UInt32}) AS since,
+    per_ip AS (
+        SELECT account_id, ip, sum(failures) AS per_ip, groupUniqArrayIf(subject, subject != '') AS users_of_ip,
+               min(first_at) AS first_of_ip, max(last_at) AS last_of_ip
+        FROM login_failures_1m
+        WHERE minute >= since AND minute < until
+        GROUP BY account_id, ip
+    ),
+    -- An IP's failures over every account, as auth.mfa_bruteforce counts them.
+    loud_ips AS (SELECT ip FROM per_ip GROUP BY ip HAVING sum(per_ip) >= {below_per_ip:UInt32})
     SELECT account_id, length(groupUniqArrayArray(users_of_ip)) AS users, count() AS ips, sum(per_ip) AS failures, max(per_ip) AS max_per_ip,
            toString(min(first_of_ip)) AS first, toString(max(last_of_ip)) AS last
-    FROM (
-        SELECT account_id, ip, count() AS per_ip, groupUniqArray(ifNull(user_id, lower(actor_email))) AS users_of_ip,
-               min(occurred_at) AS first_of_ip, max(occurred_at) AS last_of_ip
-        FROM auth_events
-        WHERE action = 'login.failed' AND occurred_at > since AND occurred_at <= {at:DateTime64(3, 'UTC')}
-        GROUP BY account_id, ip
-        HAVING per_ip < {below_per_ip:UInt32}
-    )
+    FROM per_ip
+    WHERE ip NOT IN (SELECT ip FROM loud_ips)
     GROUP BY account_id
     HAVING users >= {min_users:UInt32} AND ips >= {min_ips:UInt32}`,
   toFinding: (r: Row, p) => ({
