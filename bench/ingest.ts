@@ -71,6 +71,7 @@ try {
     KAFKA_TOPIC_DEAD_LETTER: `bench-dlq-${run}`,
     ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
     ...(process.env.BENCH_LOG_LEVEL ? { LOG_LEVEL: process.env.BENCH_LOG_LEVEL } : {}),
+    ...(process.env.BENCH_INFLIGHT ? { INGEST_MAX_INFLIGHT_BATCHES: process.env.BENCH_INFLIGHT } : {}),
     ...(process.env.BENCH_BATCH_ROWS ? { INGEST_BATCH_MAX_ROWS: process.env.BENCH_BATCH_ROWS, INGEST_BATCH_MAX_WAIT_MS: '1000' } : {}),
   }
   await createTopics(brokers, [env.KAFKA_TOPIC_RATELIMITS, env.KAFKA_TOPIC_AUTH, env.KAFKA_TOPIC_LIFECYCLE, env.KAFKA_TOPIC_LEAKS], PARTITIONS)
