@@ -94,6 +94,7 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
   const tables = await queryRows<{ name: string }>(client, "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'")
   for (const { name } of tables) await client.command({ query: 'SYSTEM WAIT LOADING PARTS {table:Identifier}', query_params: { table: name } })
   const engine = connection.chdb
+  const settle = trackInFlight(client, engine)
   const spool = await insertSpool()
   const structures = new Map<string, Promise<string>>()
   let sequence = 0
@@ -125,9 +126,39 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
     insertLines,
     insertRows: (table, rows, settings) => insertLines(table, rows[0] ? Object.keys(rows[0]) : [], rows.map((r) => JSON.stringify(Object.values(r))), settings),
     close: async () => {
+      // Closing the engine under a statement still running crashes the process (a native fault, not an error):
+      // let what is in flight (a timer's query, a last insert) finish first.
+      await settle(10_000)
       await client.close()
       await rm(spool, { recursive: true, force: true })
     },
+  }
+}
+
+/**
+ * Counts the statements running on the embedded engine (through the client and chdb's own insert), so close can
+ * wait for them. Returns a function that resolves once none runs, or after `timeoutMs`.
+ */
+function trackInFlight(client: ClickHouseClient, engine: { rawInsert: (...args: never[]) => Promise<unknown> }): (timeoutMs: number) => Promise<void> {
+  const running = new Set<Promise<unknown>>()
+  const wrap = <T extends object>(target: T, method: string) => {
+    const original = (target as Record<string, (...args: unknown[]) => Promise<unknown>>)[method]!.bind(target)
+    ;(target as Record<string, unknown>)[method] = (...args: unknown[]) => {
+      const p = original(...args)
+      running.add(p)
+      void p.finally(() => running.delete(p)).catch(() => undefined)
+      return p
+    }
+  }
+  for (const m of ['query', 'command', 'insert', 'exec']) wrap(client, m)
+  wrap(engine, 'rawInsert')
+  return async (timeoutMs) => {
+    const until = Date.now() + timeoutMs
+    while (running.size && Date.now() < until) {
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([Promise.allSettled([...running]), new Promise((r) => (timer = setTimeout(r, Math.max(0, until - Date.now()))))])
+      clearTimeout(timer)
+    }
   }
 }
 
