@@ -156,8 +156,6 @@ async function runIngest(file: string, opts: { json?: boolean; inputFd?: string 
     try {
       report = await ingestNdjson(input, rt.pipeline, {
         source: 'file',
-        // Large chunks: the writer's inserts reach ~100,000 rows, where the engine's cost per row is lowest.
-        linesPerChunk: 25_000,
         onProgress: (p) => bar?.update({ bytes: p.bytes, events: p.summary.accepted + p.summary.duplicates + p.summary.rejected }),
       })
     } finally {
