@@ -12,6 +12,8 @@ export interface RunResult {
   detector: string
   at: string
   durationMs: number
+  /** Of durationMs, recording the findings (in runAll: this run's share of the batch, by findings). */
+  recordMs: number
   rowsRead: number
   findings: Recorded[]
   error?: string
@@ -260,7 +262,7 @@ export class DetectionEngine {
       })
     }
     const durationMs = q.queryMs + recordMs + (performance.now() - started)
-    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs, rowsRead: q.rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
+    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs, recordMs, rowsRead: q.rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
     for (const listener of this.listeners) {
       void Promise.resolve()
         .then(() => listener(result))
