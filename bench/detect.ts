@@ -321,6 +321,8 @@ for (const r of runs) {
   console.log(`  ${r.detector.padEnd(36)} ${r.durationMs.toFixed(0).padStart(8)} ${queryMs.toFixed(0).padStart(9)} ${r.rowsRead.toLocaleString('en').padStart(12)} ${String(r.findings.length).padStart(9)}   ${naive}${r.error ? ` ERROR ${r.error}` : ''}`)
 }
 console.log(`  ${`all ${runs.length} detectors`.padEnd(36)} ${total.toFixed(0).padStart(8)} ${queriesTotal.toFixed(0).padStart(9)}   (target: runs under 3,000 ms${total < 3000 ? ', met' : ', MISSED'})   raw questions: ${naiveTotal.toFixed(0)} ms`)
+const recordTotal = runs.reduce((s, r) => s + r.recordMs, 0)
+console.log(`  of the runs, recording their ${runs.reduce((s, r) => s + r.findings.length, 0).toLocaleString('en')} findings (one look-up of the dedup keys, one insert): ${recordTotal.toFixed(0)} ms`)
 if (slowBehavioural.length) console.log(`  behavioural detectors whose query is under 10x faster than the raw question: ${slowBehavioural.join(', ')}`)
 const [count] = await queryRows<{ n: number; after: number }>(client, 'SELECT count() AS n, countIf(occurred_at > {at:DateTime64(3, \'UTC\')}) AS after FROM key_usage', p)
 console.log(`  key_usage rows: ${count!.n.toLocaleString('en')} (${count!.after} after the moment detectors ran as of)`)

@@ -1,7 +1,7 @@
 // A live key silent for 30 days or more that comes back from a network it never used: a forgotten key found by
 // someone else. A periodic job coming back from its own network is not this. Reads the network rollups only.
 import { defineDetector } from './detector.ts'
-import { knownNetworkOf, networkOf, networksBefore, RECENT_NETWORKS, type NetworkTuple } from './networks.ts'
+import { keyNetworks, knownNetworkOf, networkOf, NEW_NETWORK_COLUMNS, type NetworkTuple } from './networks.ts'
 
 interface Row {
   account_id: string
@@ -21,6 +21,7 @@ export default defineDetector({
   schedule: '*/5 * * * *',
   lookback: '24 hours against the key’s whole history (400 days), from the network rollups',
   params: { window_seconds: 86_400, dormant_days: 30, history_days: 400 },
+  // The candidates are read once (keyNetworks: one IN for both rollups, no CTE used twice).
   query: `
     WITH {at:DateTime64(3, 'UTC')} - toIntervalSecond({window_seconds:UInt32}) AS since,
     -- Candidates from the daily usage rollup alone: keys used since since's day and on none of the whole days that
@@ -33,31 +34,19 @@ export default defineDetector({
         GROUP BY account_id, key_id
         HAVING countIf(day >= toDate(since)) > 0 AND countIf(day < toDate(since)) = 0
     ),
-    recent AS (SELECT * FROM (${RECENT_NETWORKS}) WHERE (account_id, key_id) IN (SELECT account_id, key_id FROM woken_keys)),
-    known AS (${networksBefore('{history_days:UInt32}')}),
-    history AS (
-        SELECT account_id, key_id, max(last_seen) AS last_seen,
-               groupUniqArrayIf(country, accepted > 0 AND country != '') AS countries, groupUniqArrayIf(asn, accepted > 0 AND asn != 0) AS asns,
-               groupArray(tuple(country, asn, requests)) AS networks
-        FROM known
-        GROUP BY account_id, key_id
-    ),
-    -- Only keys whose last use before this window is 30 days or more before their first use in it.
-    woken AS (
-        SELECT r.account_id AS account_id, r.key_id AS key_id, min(r.first_seen) AS first_again
-        FROM recent AS r
-        GROUP BY r.account_id, r.key_id
-    )
-    SELECT r.account_id AS account_id, r.key_id AS key_id,
-           groupArray(tuple(r.country, r.asn, r.accepted, r.writes, r.money_requests, r.money, toString(r.first_seen), toString(r.last_seen))) AS new_networks,
-           any(h.networks) AS known_networks, toString(any(h.last_seen)) AS last_used_before, toString(any(w.first_again)) AS first_used_again,
-           dateDiff('day', any(h.last_seen), any(w.first_again)) AS dormant_days, sum(r.accepted) AS accepted
-    FROM recent AS r
-    INNER JOIN history AS h ON h.account_id = r.account_id AND h.key_id = r.key_id
-    INNER JOIN woken AS w ON w.account_id = r.account_id AND w.key_id = r.key_id
-    WHERE h.last_seen <= w.first_again - toIntervalDay({dormant_days:UInt32})
-      AND ((r.country != '' AND NOT has(h.countries, r.country)) OR (r.asn != 0 AND NOT has(h.asns, r.asn)))
-    GROUP BY r.account_id, r.key_id`,
+    -- Per candidate and network: its accepted use in the window and its history before it.
+    networks AS (${keyNetworks('{history_days:UInt32}', '(account_id, key_id) IN (SELECT account_id, key_id FROM woken_keys)')})
+    -- Only keys with a history whose last use before the window is dormant_days or more before their first accepted
+    -- use in it, and only the window's networks (country or ASN) the history never had accepted.
+    SELECT account_id, key_id,
+           ${NEW_NETWORK_COLUMNS},
+           maxIf(k_last, known) AS last_before, minIf(w_first, w_accepted > 0) AS first_again,
+           toString(last_before) AS last_used_before, toString(first_again) AS first_used_again,
+           dateDiff('day', last_before, first_again) AS dormant_days, arraySum(n -> n.3, new_networks) AS accepted
+    FROM networks
+    GROUP BY account_id, key_id
+    HAVING countIf(known) > 0 AND countIf(w_accepted > 0) > 0 AND length(new_networks) > 0
+       AND last_before <= first_again - toIntervalDay({dormant_days:UInt32})`,
   toFinding: (r: Row) => {
     const networks = r.new_networks.map(networkOf)
     return {

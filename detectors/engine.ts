@@ -12,6 +12,8 @@ export interface RunResult {
   detector: string
   at: string
   durationMs: number
+  /** Of durationMs, recording the findings (in runAll: this run's share of the batch, by findings). */
+  recordMs: number
   rowsRead: number
   findings: Recorded[]
   error?: string
@@ -36,6 +38,15 @@ function withSharedThresholds(overrides: ParamOverrides, detectors: Detector<any
   if (perIp === undefined || overrides['auth.password_spray']?.below_per_ip !== undefined) return overrides
   if (!detectors.some((d) => d.id === 'auth.password_spray')) return overrides
   return { ...overrides, 'auth.password_spray': { ...overrides['auth.password_spray'], below_per_ip: perIp } }
+}
+
+/** A run's query answered (or failed), before its findings are recorded. */
+interface Queried {
+  startedAt: Date
+  queryMs: number
+  rowsRead: number
+  drafts: FindingDraft[]
+  error?: string
 }
 
 /** Told after a run recorded its findings. Not awaited: a slow listener never delays the next run. */
@@ -116,10 +127,54 @@ export class DetectionEngine {
     return next
   }
 
+  /**
+   * Runs every detector (or `only` these) as of `at`: each query in turn, then all their findings recorded in one
+   * batch (one look-up of the dedup keys, one insert) and all the runs in detector_runs in one insert. Each run's
+   * duration is its query plus its share of the recording, by findings. A detector already running is joined.
+   */
   async runAll(at = new Date(), only?: string[]): Promise<RunResult[]> {
-    const results: RunResult[] = []
-    for (const d of this.detectors) if (!only || only.includes(d.id)) results.push(await this.run(d.id, at))
-    return results
+    const chosen = this.detectors.filter((d) => !only || only.includes(d.id))
+    const joined = new Map<string, Promise<RunResult>>()
+    const mine: { d: Detector<Params, unknown>; done: (r: RunResult) => void; failed: (err: unknown) => void }[] = []
+    for (const d of chosen) {
+      const inProgress = this.running.get(d.id)
+      if (inProgress) {
+        joined.set(d.id, inProgress)
+        continue
+      }
+      let done!: (r: RunResult) => void
+      let failed!: (err: unknown) => void
+      const run = new Promise<RunResult>((resolve, reject) => ((done = resolve), (failed = reject))).finally(() => this.running.delete(d.id))
+      run.catch(() => undefined)
+      this.running.set(d.id, run)
+      joined.set(d.id, run)
+      mine.push({ d, done, failed })
+    }
+    try {
+      const queried: Queried[] = []
+      for (const { d } of mine) queried.push(await this.query(d, at))
+      const started = performance.now()
+      let batches: Recorded[][] = queried.map(() => [])
+      try {
+        batches = await this.findings.recordBatches(queried.map((q) => q.drafts), at)
+      } catch (err) {
+        for (const q of queried) if (q.drafts.length && !q.error) q.error = (err as Error).message
+        this.log.error({ err: String(err) }, 'could not record the detectors’ findings')
+      }
+      const recordMs = performance.now() - started
+      const drafts = queried.reduce((n, q) => n + q.drafts.length, 0)
+      const results: RunResult[] = []
+      for (const [i, q] of queried.entries()) {
+        results.push(await this.finish(mine[i]!.d, at, q, batches[i]!, drafts ? (recordMs * q.drafts.length) / drafts : 0))
+      }
+      await this.saveRuns(results.map((r, i) => ({ result: r, startedAt: queried[i]!.startedAt })))
+      for (const [i, r] of results.entries()) mine[i]!.done(r)
+    } catch (err) {
+      for (const m of mine) m.failed(err)
+    }
+    const out: RunResult[] = []
+    for (const d of chosen) out.push(await joined.get(d.id)!)
+    return out
   }
 
   /** Starts every detector on its schedule. */
@@ -159,19 +214,41 @@ export class DetectionEngine {
   }
 
   private async execute(d: Detector<Params, unknown>, at: Date): Promise<RunResult> {
+    const q = await this.query(d, at)
+    const started = performance.now()
+    let findings: Recorded[] = []
+    if (!q.error) {
+      try {
+        findings = await this.findings.record(q.drafts, at)
+      } catch (err) {
+        q.error = (err as Error).message
+        this.log.error({ detector: d.id, err: q.error }, 'detector failed')
+      }
+    }
+    const result = await this.finish(d, at, q, findings, performance.now() - started)
+    await this.saveRuns([{ result, startedAt: q.startedAt }])
+    return result
+  }
+
+  /** A run's query and its drafts, timed; an error is kept, not thrown. */
+  private async query(d: Detector<Params, unknown>, at: Date): Promise<Queried> {
     const started = performance.now()
     const startedAt = new Date()
-    let rowsRead = 0
-    let findings: Recorded[] = []
-    let error: string | undefined
     try {
       const evaluated = await this.evaluate(d, at)
-      rowsRead = evaluated.rowsRead
-      findings = await this.findings.record(evaluated.drafts, at)
+      return { startedAt, queryMs: performance.now() - started, rowsRead: evaluated.rowsRead, drafts: evaluated.drafts }
     } catch (err) {
-      error = (err as Error).message
+      const error = (err as Error).message
       this.log.error({ detector: d.id, err: error }, 'detector failed')
+      return { startedAt, queryMs: performance.now() - started, rowsRead: 0, drafts: [], error }
     }
+  }
+
+  /** A run after its findings were recorded (in `recordMs`): a custom detector's failure reported, listeners told. */
+  private async finish(d: Detector<Params, unknown>, at: Date, q: Queried, recorded: Recorded[], recordMs: number): Promise<RunResult> {
+    const started = performance.now()
+    const error = q.error
+    let findings = error ? [] : recorded
     const timedOut = Boolean(error && d.custom && /TIMEOUT_EXCEEDED|Timeout exceeded/i.test(error))
     // A custom detector that fails or runs too long is reported as a finding of its own; its run is skipped and
     // every other detector runs on (each has its own schedule).
@@ -184,20 +261,33 @@ export class DetectionEngine {
         return []
       })
     }
-    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs: performance.now() - started, rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
+    const durationMs = q.queryMs + recordMs + (performance.now() - started)
+    const result: RunResult = { detector: d.id, at: at.toISOString(), durationMs, recordMs, rowsRead: q.rowsRead, findings, ...(error ? { error } : {}), ...(timedOut ? { timedOut } : {}) }
     for (const listener of this.listeners) {
       void Promise.resolve()
         .then(() => listener(result))
         .catch((err) => this.log.error({ err: String(err), detector: d.id }, 'run listener failed'))
     }
+    return result
+  }
+
+  private async saveRuns(runs: { result: RunResult; startedAt: Date }[]): Promise<void> {
+    if (!runs.length) return
     await this.client
       .insert({
         table: 'detector_runs',
         format: 'JSONEachRow',
-        values: [{ detector: d.id, started_at: chTime(startedAt.getTime()), as_of: chTime(at.getTime()), duration_ms: result.durationMs, rows_read: rowsRead, findings: error ? 0 : findings.length, error: error ?? '' }],
+        values: runs.map(({ result: r, startedAt }) => ({
+          detector: r.detector,
+          started_at: chTime(startedAt.getTime()),
+          as_of: chTime(Date.parse(r.at)),
+          duration_ms: r.durationMs,
+          rows_read: r.rowsRead,
+          findings: r.error ? 0 : r.findings.length,
+          error: r.error ?? '',
+        })),
       })
       .catch((err) => this.log.error({ err: String(err) }, 'could not record the detector run'))
-    return result
   }
 
   private reportCustomFailure(d: Detector<Params, unknown>, at: Date, error: string, timedOut: boolean): Promise<Recorded[]> {

@@ -61,6 +61,18 @@ const SELECT_FINDING = `SELECT finding_id, detector, severity, account_id, key_i
   toString(first_seen_at) AS first_seen_at, toString(last_seen_at) AS last_seen_at, occurrences, status,
   toString(status_changed_at) AS status_changed_at, status_changed_by, status_reason FROM findings FINAL`
 
+/** A stored finding without what a draft that fires again replaces anyway (title, evidence): the dedup look-up. */
+type StoredFinding = Omit<Finding, 'title' | 'evidence'>
+
+const SELECT_FOR_DEDUP = `SELECT finding_id, detector, severity, account_id, key_id, user_id, ip, dedup_key,
+  toString(first_seen_at) AS first_seen_at, toString(last_seen_at) AS last_seen_at, occurrences, status,
+  toString(status_changed_at) AS status_changed_at, status_changed_by, status_reason FROM findings FINAL
+  WHERE dedup_key IN {keys:Array(String)}`
+
+/** The findings table's columns in the order write() sends them (JSONCompactEachRow: no key names per row). */
+const FINDING_COLUMNS = ['finding_id', 'detector', 'severity', 'account_id', 'key_id', 'user_id', 'ip', 'title', 'evidence', 'dedup_key', 'first_seen_at',
+  'last_seen_at', 'occurrences', 'status', 'status_changed_at', 'status_changed_by', 'status_reason', 'version'] as const
+
 export class FindingStore {
   private queue: Promise<unknown> = Promise.resolve()
   private readonly statusListeners: ((finding: Finding) => void)[] = []
@@ -69,12 +81,21 @@ export class FindingStore {
   constructor(private readonly client: ClickHouseClient) {}
 
   /** Records what a detector run found, as of `at`. */
-  record(drafts: FindingDraft[], at: Date, actor = 'keywatch'): Promise<Recorded[]> {
+  async record(drafts: FindingDraft[], at: Date, actor = 'keywatch'): Promise<Recorded[]> {
+    return (await this.recordBatches([drafts], at, actor))[0]!
+  }
+
+  /**
+   * Records what several detector runs found, as of the same `at`, as record() would one after the other, in one
+   * look-up of the dedup keys, one insert of the findings and one of their changes (`detectors run` runs them all).
+   */
+  recordBatches(batches: FindingDraft[][], at: Date, actor = 'keywatch'): Promise<Recorded[][]> {
     return this.serial(async () => {
-      if (drafts.length === 0) return []
-      const existing = new Map(
-        (await this.select(`WHERE dedup_key IN {keys:Array(String)}`, { keys: [...new Set(drafts.map((d) => d.dedupKey))] })).map((f) => [f.dedup_key, f]),
-      )
+      const drafts = batches.flat()
+      if (drafts.length === 0) return batches.map(() => [])
+      // One look-up of every dedup key of the batch; title and evidence are not read: a draft replaces both.
+      const stored = await queryRows<StoredFinding>(this.client, SELECT_FOR_DEDUP, { keys: [...new Set(drafts.map((d) => d.dedupKey))] })
+      const existing = new Map<string, StoredFinding>(stored.map((f) => [f.dedup_key, { ...f, occurrences: Number(f.occurrences) }]))
       const suppressions = await this.activeSuppressions(at)
       const when = chTime(at.getTime())
       const out: Recorded[] = []
@@ -128,7 +149,8 @@ export class FindingStore {
           .filter((r) => r.change !== 'updated')
           .map((r) => ({ finding: r.finding, from: r.change === 'reopened' ? 'resolved' : '', actor, reason: r.finding.status_reason, at: when })),
       )
-      return out
+      let next = 0
+      return batches.map((b) => out.slice(next, (next += b.length)))
     })
   }
 
@@ -211,10 +233,15 @@ export class FindingStore {
 
   private async write(findings: Finding[]): Promise<void> {
     if (!findings.length) return
+    // Rows as arrays in FINDING_COLUMNS order: the engine parses a third less than objects with their key names.
     await this.client.insert({
       table: 'findings',
-      format: 'JSONEachRow',
-      values: findings.map((f) => ({ ...f, evidence: JSON.stringify(f.evidence), version: this.version() })),
+      format: 'JSONCompactEachRow',
+      columns: [...FINDING_COLUMNS],
+      values: findings.map((f) => {
+        const row: Record<(typeof FINDING_COLUMNS)[number], unknown> = { ...f, evidence: JSON.stringify(f.evidence), version: this.version() }
+        return FINDING_COLUMNS.map((c) => row[c])
+      }),
     })
   }
 
