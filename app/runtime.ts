@@ -8,6 +8,7 @@ import { migrate } from '../clickhouse/migrate.ts'
 import { recentWindows, recoverViews, type RecoveryWindows } from '../clickhouse/recovery.ts'
 import type { Config } from '../config/config.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
+import { DecodePool } from '../ingest/decode-pool.ts'
 import { EventWriter } from '../ingest/writer.ts'
 import { RecentIds } from '../ingest/recent-ids.ts'
 import { DetectionEngine } from '../detectors/engine.ts'
@@ -164,7 +165,8 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     },
   })
   if (!(await repair())) scheduleRepair()
-  const pipeline = new IngestPipeline(storage.client, writer)
+  const decodePool = config.ingest.decodeWorkers ? new DecodePool(config.ingest.decodeWorkers) : undefined
+  const pipeline = new IngestPipeline(storage.client, writer, Date.now, decodePool)
   const findings = new FindingStore(storage.client)
   const inventory = new KeyInventory(storage.client, inventoryClocks(config.detectorOverrides))
   // A security team's own detectors: a broken file is reported (here, and as a finding once services start) and skipped.
@@ -348,6 +350,7 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
       closing = true
       clearTimeout(repairTimer)
       await writer.drain()
+      await decodePool?.close()
       if (leadership) {
         await audit.checkpoint().catch((err) => log.error({ err: String(err) }, 'could not sign the audit checkpoint'))
         await leadership.stop() // steps down: the singletons stop below

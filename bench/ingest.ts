@@ -69,6 +69,8 @@ try {
     KAFKA_TOPIC_LIFECYCLE: `bench-lc-${run}`,
     KAFKA_TOPIC_LEAKS: `bench-leaks-${run}`,
     KAFKA_TOPIC_DEAD_LETTER: `bench-dlq-${run}`,
+    // Any INGEST_* setting of this shell goes to keywatch too (INGEST_DECODE_WORKERS=0 for the inline reference).
+    ...Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[0].startsWith('INGEST_') && e[1] !== undefined)),
     ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
     ...(process.env.BENCH_LOG_LEVEL ? { LOG_LEVEL: process.env.BENCH_LOG_LEVEL } : {}),
     ...(process.env.BENCH_INFLIGHT ? { INGEST_MAX_INFLIGHT_BATCHES: process.env.BENCH_INFLIGHT } : {}),

@@ -10,6 +10,7 @@ import { inboundSchemas } from '../contract/events.ts'
 import { decodeEvent } from '../ingest/decode.ts'
 import { RecentIds } from '../ingest/recent-ids.ts'
 import { COLUMNS_OF_LINE, toRow, type Row } from '../ingest/rows.ts'
+import { INSERT_SETTINGS } from '../ingest/writer.ts'
 import { chTime } from '../clickhouse/time.ts'
 
 export interface StageFigure {
@@ -109,13 +110,13 @@ export async function pipelineStages(storage: Storage, messages: Buffer[], block
   const rows = await measure('row (toRow, encoded as its JSONCompactEachRow line)', n, () => events.map((e) => toRow('key.usage', e)))
   figures.push(decoded.figure, json.figure, zod.figure, rows.figure)
 
-  // Insert with every view, in blocks as the writer sends them, through Storage.insertRows (the hot path).
+  // Insert with every view, in blocks as the writer sends them, with its settings, through Storage.insertLines (the hot path).
   const blocks: Row[][] = []
   for (let i = 0; i < n; i += blockRows) blocks.push(rows.result.slice(i, i + blockRows))
   const insert = await measure(`insert + views (${blockRows.toLocaleString('en')}-row blocks)`, n, async () => {
     for (const block of blocks) {
       const token = createHash('sha256').update(block.map((r) => r.eventId).join(',')).digest('hex')
-      await storage.insertLines('key_usage', COLUMNS_OF_LINE.key_usage!, block.map((r) => r.line!), { insert_deduplication_token: token, deduplicate_blocks_in_dependent_materialized_views: 1 })
+      await storage.insertLines('key_usage', COLUMNS_OF_LINE.key_usage!, block.map((r) => r.line!), INSERT_SETTINGS(token))
     }
   }, 'includes the file write')
   figures.push(insert.figure)
@@ -183,7 +184,7 @@ export function threadCpu(pid: number): Record<string, number> {
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
       const seconds = (Number(fields[11]) + Number(fields[12])) / tick
       const group =
-        tid === String(pid) ? 'JS main thread' : /libuv/i.test(comm) ? 'libuv pool (fs, chdb calls)' : /^(V8|DelayedTask)/.test(comm) ? 'V8 GC/compiler' : /^node$/.test(comm) ? 'worker threads' : 'ClickHouse engine'
+        tid === String(pid) ? 'JS main thread' : /^keywatch-decod/.test(comm) ? 'decode workers' : /libuv/i.test(comm) ? 'libuv pool (fs, chdb calls)' : /^(V8|DelayedTask)/.test(comm) ? 'V8 GC/compiler' : /^node$/.test(comm) ? 'worker threads' : 'ClickHouse engine'
       groups[group] = (groups[group] ?? 0) + seconds
     } catch {
       // the thread ended

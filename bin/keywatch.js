@@ -33,6 +33,9 @@ if (major < 22 || pipedInput) {
     closeSync(0)
     openSync('/dev/null', 'r') // takes fd 0, the lowest free descriptor
   }
+  // The engine's statements each hold a thread of libuv's pool while they wait for the engine (it runs one at a
+  // time); with the default 4, file and crypto work queued behind them stalls. Set before the pool first starts.
+  process.env.UV_THREADPOOL_SIZE ??= '16'
   const { register } = await import('tsx/esm/api')
   register()
   await import(join(root, 'cli', 'main.ts'))

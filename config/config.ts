@@ -1,5 +1,6 @@
 // The one place keywatch reads its environment. Everything else receives a typed `Config`.
 import { existsSync, readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { parseEnv } from 'node:util'
 import { z } from 'zod'
@@ -56,6 +57,9 @@ const envSchema = z.object({
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
   INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
   INGEST_DEDUP_INDEX_IDS: z.coerce.number().int().min(0).max(50_000_000).default(1_000_000),
+  // Worker threads decoding large batches (0: on the main thread). On 2 cores the engine is what ingest waits for,
+  // and a worker's heap costs more memory than it gains (bench:ingest: +5% for +150 MB): off there by default.
+  INGEST_DECODE_WORKERS: z.coerce.number().int().min(0).max(64).default(availableParallelism() >= 4 ? availableParallelism() - 2 : 0),
 
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')
     .pipe(z.record(z.string(), z.record(z.string(), z.number({ error: 'must map detector ids to {parameter: whole number}' }).int().nonnegative())))
@@ -116,7 +120,7 @@ export interface Config {
   }
   topics: Topics
   /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
-  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number; /** Recent event ids kept in memory for the duplicate decision (embedded engine); 0: off. */ dedupIndexIds?: number }
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number; /** Recent event ids kept in memory for the duplicate decision (embedded engine); 0: off. */ dedupIndexIds?: number; /** Worker threads decoding large batches; 0 or absent: inline. */ decodeWorkers?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
   http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number; eventsBodyLimit: number }
   /** Step-up (a TOTP code) for sensitive actions; off for deployments behind their own SSO. The anchor file. */
@@ -197,6 +201,7 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
       handoverMs: e.INGEST_HANDOVER_MS,
       dedupIndexIds: e.INGEST_DEDUP_INDEX_IDS,
+      decodeWorkers: e.INGEST_DECODE_WORKERS,
     },
     http: { host: e.HOST, port: e.PORT, rateLimitPerMinute: e.API_RATE_LIMIT_PER_MINUTE, metricsPort: e.METRICS_PORT, eventsBodyLimit: e.API_EVENTS_BODY_LIMIT_MB * 1024 * 1024 },
     response: responseConfig(e),

@@ -2,7 +2,7 @@
 import { z } from 'zod'
 import { inboundSchemas, MAX_FUTURE_SKEW_MS, MAX_MESSAGE_BYTES, type InboundEvent, type InboundType } from '../contract/events.ts'
 import { compileFastCheck, type FastCheck } from './fast-check.ts'
-import { RETENTION_DAYS, TABLE_OF } from './rows.ts'
+import { RETENTION_DAYS, TABLE_OF, toRow, type Row } from './rows.ts'
 import { parseTimestamp } from '../clickhouse/time.ts'
 
 /**
@@ -21,9 +21,12 @@ export type RejectReason =
   | 'storage_rejected'
   | 'conflicting_duplicate'
 
-export type Decoded =
-  | { ok: true; type: InboundType; event: InboundEvent }
-  | { ok: false; reason: RejectReason; detail: string; eventId?: string; eventType?: string }
+export type Rejected = { ok: false; reason: RejectReason; detail: string; eventId?: string; eventType?: string }
+
+export type Decoded = { ok: true; type: InboundType; event: InboundEvent } | Rejected
+
+/** Steps one and two together: what the pipeline needs of a message, wherever it is decoded (here or in a worker). */
+export type DecodedRow = { ok: true; type: InboundType; row: Row } | Rejected
 
 const decoder = new TextDecoder('utf-8', { fatal: true })
 
@@ -100,6 +103,12 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
     }
   }
   return { ok: true, type: eventType, event }
+}
+
+/** A message as its table's row, or why it is rejected. */
+export function decodeToRow(raw: Uint8Array, now: number, expectedType?: InboundType): DecodedRow {
+  const d = decodeEvent(raw, now, expectedType)
+  return d.ok ? { ok: true, type: d.type, row: toRow(d.type, d.event) } : d
 }
 
 /** "status: Too small: expected number to be >=100; ip: must be an IPv4 or IPv6 address" */

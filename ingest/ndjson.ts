@@ -22,7 +22,7 @@ const NEWLINE = 0x0a
 
 export async function ingestNdjson(input: Readable | AsyncIterable<Uint8Array>, pipeline: IngestPipeline, options: NdjsonOptions): Promise<NdjsonReport> {
   const linesPerChunk = options.linesPerChunk ?? 5_000
-  const maxInFlight = options.maxChunksInFlight ?? 4
+  const maxInFlight = options.maxChunksInFlight ?? 16
   const report: NdjsonReport = { ...emptySummary(), lines: 0, errors: [] }
   const inFlight: Promise<void>[] = []
   let chunk: InboundMessage[] = []

@@ -3,10 +3,11 @@
 // bad one are unaffected.
 import type { ClickHouseClient } from '../clickhouse/client.ts'
 import type { InboundType } from '../contract/events.ts'
-import { decodeEvent, type RejectReason } from './decode.ts'
+import { decodeToRow, type DecodedRow, type RejectReason } from './decode.ts'
+import type { DecodePool } from './decode-pool.ts'
 import { chTime } from '../clickhouse/time.ts'
 import { redactSecrets } from './redact.ts'
-import { TABLE_OF, toRow, type Row, type TableName } from './rows.ts'
+import { TABLE_OF, type Row, type TableName } from './rows.ts'
 import type { EventWriter, WriteResult } from './writer.ts'
 
 /** Where a message came from, kept with its rejection. */
@@ -87,6 +88,8 @@ export class IngestPipeline {
     private readonly client: ClickHouseClient,
     private readonly writer: EventWriter,
     private readonly now: () => number = Date.now,
+    /** Decodes large batches on worker threads (issue 12); without it, or for small batches, decoding is inline. */
+    private readonly pool?: DecodePool,
   ) {}
 
   onStored(listener: StoredListener): void {
@@ -110,8 +113,11 @@ export class IngestPipeline {
     const now = this.now()
     const byTable = new Map<TableName, { rows: Row[]; messages: InboundMessage[]; type: InboundType }>()
     const rejections: Rejection[] = []
-    for (const message of messages) {
-      const d = decodeEvent(message.raw, now, expectedType)
+    const decoded: DecodedRow[] =
+      this.pool?.worthIt(messages.length) ? await this.pool.decode(messages.map((m) => m.raw), now, expectedType) : messages.map((m) => decodeToRow(m.raw, now, expectedType))
+    for (let i = 0; i < messages.length; i++) {
+      const d = decoded[i]!
+      const message = messages[i]!
       if (!d.ok) {
         rejections.push({ message, reason: d.reason, detail: d.detail, eventId: d.eventId, eventType: d.eventType })
         continue
@@ -119,7 +125,7 @@ export class IngestPipeline {
       const table = TABLE_OF[d.type]
       let group = byTable.get(table)
       if (!group) byTable.set(table, (group = { rows: [], messages: [], type: d.type }))
-      group.rows.push(toRow(d.type, d.event))
+      group.rows.push(d.row)
       group.messages.push(message)
     }
     const groups = [...byTable.entries()]

@@ -32,7 +32,9 @@ export interface Row {
   occurredAtMs: number
   values: Record<string, unknown>
   /** The row as its JSONCompactEachRow line (columns in `COLUMNS_OF_LINE[table]` order), when built that way. */
-  line?: string
+  readonly line?: string
+  /** A row built as a line: keep the line as these bytes of an insert body instead (see UsageRow). */
+  keepIn?(body: Buffer, start: number, end: number): void
 }
 
 /**
@@ -48,16 +50,42 @@ const USAGE_COLUMNS = [
 export const COLUMNS_OF_LINE: Partial<Record<TableName, readonly string[]>> = { key_usage: USAGE_COLUMNS }
 
 class UsageRow implements Row {
+  // The line, as a string of its own until the writer has put it into an insert body, then as bytes of that body
+  // (a row waiting for its insert holds its line once, not twice).
+  private text: string | undefined
+  private body: Buffer | undefined
+  private start = 0
+  private end = 0
+
   constructor(
     readonly eventId: string,
     readonly occurredAtMs: number,
-    readonly line: string,
-  ) {}
+    line: string,
+  ) {
+    this.text = line
+  }
+
+  get line(): string {
+    return this.text ?? this.body!.toString('utf8', this.start, this.end)
+  }
+
+  /** From now on the line is these bytes of `body`. */
+  keepIn(body: Buffer, start: number, end: number): void {
+    this.body = body
+    this.start = start
+    this.end = end
+    this.text = undefined
+  }
 
   get values(): Record<string, unknown> {
     const cells = JSON.parse(this.line) as unknown[]
     return Object.fromEntries(USAGE_COLUMNS.map((c, i) => [c, cells[i]]))
   }
+}
+
+/** A row again after a trip to a worker thread (structured clone keeps its fields, not its class). */
+export function rowFrom(eventId: string, occurredAtMs: number, lineOrValues: string | Record<string, unknown>): Row {
+  return typeof lineOrValues === 'string' ? new UsageRow(eventId, occurredAtMs, lineOrValues) : { eventId, occurredAtMs, values: lineOrValues }
 }
 
 export function toRow(type: InboundType, event: InboundEvent): Row {
