@@ -22,7 +22,9 @@ const NEWLINE = 0x0a
 
 export async function ingestNdjson(input: Readable | AsyncIterable<Uint8Array>, pipeline: IngestPipeline, options: NdjsonOptions): Promise<NdjsonReport> {
   const linesPerChunk = options.linesPerChunk ?? 5_000
-  const maxInFlight = options.maxChunksInFlight ?? 16
+  // 60,000 lines in flight: the writer's group commit turns them into inserts of ~35,000 rows, where 4 chunks gave
+  // ~10,000-row inserts that cost the engine twice as much per row (1M lines: 28 s against 40 s).
+  const maxInFlight = options.maxChunksInFlight ?? 12
   const report: NdjsonReport = { ...emptySummary(), lines: 0, errors: [] }
   const inFlight: Promise<void>[] = []
   let chunk: InboundMessage[] = []

@@ -108,6 +108,24 @@ describe('keywatch CLI', () => {
       expect(summaryOf(r.stdout)).toMatchObject({ accepted: 20_000, rejected: 0 })
     })
 
+    // On 2 cores decoding stays on the main thread by default; with workers (INGEST_DECODE_WORKERS) a file's report
+    // is the same, line numbers and reasons included.
+    it('reports the same with decoding on worker threads as inline', async () => {
+      const file = join(work, 'workers.ndjson')
+      const lines = Array.from({ length: 12_000 }, (_, i) => JSON.stringify(usageEvent(200_000 + i)))
+      lines[777] = '{"type":'
+      lines[6_001] = JSON.stringify({ ...usageEvent(1), status: 'ok' })
+      lines[11_999] = JSON.stringify({ ...usageEvent(2), type: 'key.sneeze' })
+      writeFileSync(file, lines.join('\n'))
+      const pooled = await runCli(['ingest', file, '--json'], { KEYWATCH_DATA_DIR: tempDir(), INGEST_DECODE_WORKERS: '2' })
+      const inline = await runCli(['ingest', file, '--json'], { KEYWATCH_DATA_DIR: tempDir(), INGEST_DECODE_WORKERS: '0' })
+      expect(pooled.code, pooled.stderr).toBe(1)
+      const report = summaryOf(pooled.stdout)
+      expect(report).toMatchObject({ lines: 12_000, accepted: 11_997, duplicates: 0, rejected: 3, rejectedByReason: { invalid_json: 1, schema_violation: 1, unknown_type: 1 } })
+      expect(report).toEqual(summaryOf(inline.stdout))
+      expect((report as unknown as { errors: { line: number }[] }).errors.map((e) => e.line)).toEqual([778, 6_002, 12_000])
+    }, 180_000)
+
     it('says plainly that a file does not exist', async () => {
       const missing = join(work, 'no-such-file.ndjson')
       const r = await runCli(['ingest', missing], { KEYWATCH_DATA_DIR: dataDir })
