@@ -23,7 +23,7 @@ export type RejectReason =
 
 export type Rejected = { ok: false; reason: RejectReason; detail: string; eventId?: string; eventType?: string }
 
-export type Decoded = { ok: true; type: InboundType; event: InboundEvent } | Rejected
+export type Decoded = { ok: true; type: InboundType; event: InboundEvent; occurredAtMs: number } | Rejected
 
 /** Steps one and two together: what the pipeline needs of a message, wherever it is decoded (here or in a worker). */
 export type DecodedRow = { ok: true; type: InboundType; row: Row } | Rejected
@@ -102,13 +102,13 @@ export function decodeEvent(raw: Uint8Array, now: number, expectedType?: Inbound
       eventType,
     }
   }
-  return { ok: true, type: eventType, event }
+  return { ok: true, type: eventType, event, occurredAtMs: at }
 }
 
 /** A message as its table's row, or why it is rejected. */
 export function decodeToRow(raw: Uint8Array, now: number, expectedType?: InboundType): DecodedRow {
   const d = decodeEvent(raw, now, expectedType)
-  return d.ok ? { ok: true, type: d.type, row: toRow(d.type, d.event) } : d
+  return d.ok ? { ok: true, type: d.type, row: toRow(d.type, d.event, d.occurredAtMs) } : d
 }
 
 /** "status: Too small: expected number to be >=100; ip: must be an IPv4 or IPv6 address" */

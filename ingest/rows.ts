@@ -88,9 +88,9 @@ export function rowFrom(eventId: string, occurredAtMs: number, lineOrValues: str
   return typeof lineOrValues === 'string' ? new UsageRow(eventId, occurredAtMs, lineOrValues) : { eventId, occurredAtMs, values: lineOrValues }
 }
 
-export function toRow(type: InboundType, event: InboundEvent): Row {
+/** @param occurredAtMs the event's occurred_at in ms, when the caller has parsed it already (decode has). */
+export function toRow(type: InboundType, event: InboundEvent, occurredAtMs = parseTimestamp(event.occurred_at)): Row {
   const eventId = event.event_id.toLowerCase()
-  const occurredAtMs = parseTimestamp(event.occurred_at)
   const occurredAt = chTimeOf(event.occurred_at, occurredAtMs)
   if (type === 'key.usage') return new UsageRow(eventId, occurredAtMs, usageLine(event as KeyUsage, eventId, occurredAt))
   return { eventId, occurredAtMs, values: ROW_OF[type as Exclude<InboundType, 'key.usage'>](event as never, eventId, occurredAt) }
