@@ -15,6 +15,7 @@ import { queryRows } from '../clickhouse/client.ts'
 import { ago, lifecycle, sha256, usage } from '../detectors/fixtures/events.ts'
 import { exportToFile, fingerprint, signedBytes, type Manifest } from '../exports/export.ts'
 import { bearer, count, openTestRuntime, runCli, tempDir } from './helpers.ts'
+import { waitFor } from './kafka/admin.ts'
 
 const dir = tempDir('keywatch-breaks-')
 const env = { KEYWATCH_DATA_DIR: join(dir, 'data'), AUDIT_ANCHOR_FILE: join(dir, 'anchors', 'audit-anchors.ndjson'), SLACK_SIGNING_SECRET: 'breaks_slack_signing_secret' }
@@ -267,7 +268,11 @@ describe('9. sensitive actions need a current code', () => {
       expect(res.statusCode, `${call.url}: ${res.body}`).toBe(401)
       expect(res.json().error.code, call.url).toBe('step_up_required')
     }
-    const denied = (await records()).filter((r) => r.actor === 'token:breaks-no-otp')
+    // The audit hook writes its record once the response is sent (onResponse), so the last one can trail inject().
+    const denied = await waitFor('the three denied records', async () => {
+      const mine = (await records()).filter((r) => r.actor === 'token:breaks-no-otp')
+      return mine.length >= calls.length && mine
+    }, 10_000)
     expect(denied.map((r) => [r.action, r.outcome])).toEqual([
       ['response.resume', 'denied'],
       ['token.create', 'denied'],
