@@ -11,26 +11,72 @@ import { chTime } from '../clickhouse/time.ts'
 export type IdAnswer = { stored: true; at: number; type: string } | { stored: false } | undefined
 
 const MINUTE_MS = 60_000
-// Packed per id: occurred_at in ms * 8 + the type's index (ms times stay far under 2^53 / 8). -1: maybe stored.
-const MAYBE = -1
+// A slot's state: empty, maybe stored (an insert in doubt: ask the engine), or stored with type index state - STORED.
+const EMPTY = 0
+const MAYBE = 1
+const STORED = 2
+const LOAD_FACTOR = 0.75
 
+/**
+ * The 128 bits of a UUID in its canonical text form (as decode leaves it: lowercase, hyphenated) into `out`, or
+ * false when it is not one (never for a valid event; such an id is then simply not indexed).
+ */
+function uuidWords(id: string, out: Int32Array): boolean {
+  if (id.length !== 36) return false
+  let word = 0
+  let w = 0
+  let digits = 0
+  for (let i = 0; i < 36; i++) {
+    const c = id.charCodeAt(i)
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (c !== 45) return false
+      continue
+    }
+    const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1
+    if (v < 0) return false
+    word = (word << 4) | v
+    if (++digits === 8) {
+      out[w++] = word
+      word = 0
+      digits = 0
+    }
+  }
+  return true
+}
+
+/**
+ * The ids in one open-addressing table of typed arrays (linear probing, backward-shift deletion): 16 bytes of UUID,
+ * 8 of time and 1 of state per slot, about 33 bytes per id at its load factor. A `Map` of id strings cost about
+ * 113 bytes per id, 113 MB at the default million, most of it strings and boxed numbers for the garbage collector
+ * to walk.
+ */
 export class RecentIds {
-  private readonly ids = new Map<string, number>()
-  /** Ids by the minute of their occurred_at: the oldest minutes are evicted first, and the horizon moves past them. */
-  private readonly minutes = new Map<number, string[]>()
+  private readonly slots: number
+  private readonly words: Int32Array
+  private readonly atMs: Float64Array
+  private readonly state: Uint8Array
+  private count = 0
+  /** How many ids per minute of occurred_at: the oldest minutes are evicted first, and the horizon moves past them. */
+  private readonly minutes = new Map<number, number>()
   private readonly types: string[] = []
   /** Events older than this (ms) may be stored without the index knowing. */
   private horizonMs = -Infinity
   private loading?: Promise<void>
+  private readonly key = new Int32Array(4)
 
   constructor(
     private readonly client: ClickHouseClient,
-    /** How many ids it holds (about 100 bytes each). */
+    /** How many ids it holds (about 33 bytes each). */
     readonly capacity: number,
-  ) {}
+  ) {
+    this.slots = Math.max(16, Math.ceil(capacity / LOAD_FACTOR) + 1)
+    this.words = new Int32Array(this.slots * 4)
+    this.atMs = new Float64Array(this.slots)
+    this.state = new Uint8Array(this.slots)
+  }
 
   get size(): number {
-    return this.ids.size
+    return this.count
   }
 
   get horizon(): number {
@@ -48,7 +94,8 @@ export class RecentIds {
 
   /** Forgets everything and loads again when next needed (after a repair restored ids behind its back). */
   reset(): void {
-    this.ids.clear()
+    this.state.fill(EMPTY)
+    this.count = 0
     this.minutes.clear()
     this.horizonMs = -Infinity
     this.loading = undefined
@@ -59,23 +106,29 @@ export class RecentIds {
    * the engine must be asked (an event older than the horizon, or an id whose insert ended in doubt).
    */
   lookup(id: string, occurredAtMs: number): IdAnswer {
-    const packed = this.ids.get(id)
-    if (packed === MAYBE) return undefined
-    if (packed !== undefined) return { stored: true, at: Math.floor(packed / 8), type: this.types[packed % 8]! }
+    if (!uuidWords(id, this.key)) return undefined
+    const slot = this.find()
+    if (slot >= 0) {
+      const s = this.state[slot]!
+      return s === MAYBE ? undefined : { stored: true, at: this.atMs[slot]!, type: this.types[s - STORED]! }
+    }
     return occurredAtMs >= this.horizonMs ? { stored: false } : undefined
   }
 
   /** Records ids the engine acknowledged (or that the engine said were stored). */
   stored(type: string, rows: readonly { eventId: string; occurredAtMs: number }[]): void {
-    let t = this.types.indexOf(type)
-    if (t < 0) t = this.types.push(type) - 1
+    const state = STORED + this.typeIndex(type)
     for (const r of rows) {
       // Below the horizon the index keeps nothing: its answers there come from the engine anyway.
-      if (r.occurredAtMs < this.horizonMs) continue
-      const known = this.ids.get(r.eventId)
-      if (known !== undefined && known !== MAYBE) continue // the first stored version stays
-      this.ids.set(r.eventId, r.occurredAtMs * 8 + t)
-      if (known === undefined) this.remember(r.eventId, r.occurredAtMs)
+      if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key)) continue
+      const slot = this.find()
+      if (slot < 0) this.add(r.occurredAtMs, state)
+      else if (this.state[slot] === MAYBE) {
+        // the first stored version stays: a maybe becomes it, a stored one is kept
+        this.moveMinute(this.atMs[slot]!, r.occurredAtMs)
+        this.state[slot] = state
+        this.atMs[slot] = r.occurredAtMs
+      }
     }
     this.evict()
   }
@@ -86,9 +139,8 @@ export class RecentIds {
    */
   inDoubt(rows: readonly { eventId: string; occurredAtMs: number }[]): void {
     for (const r of rows) {
-      if (r.occurredAtMs < this.horizonMs || this.ids.has(r.eventId)) continue
-      this.ids.set(r.eventId, MAYBE)
-      this.remember(r.eventId, r.occurredAtMs)
+      if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key) || this.find() >= 0) continue
+      this.add(r.occurredAtMs, MAYBE)
     }
     this.evict()
   }
@@ -96,35 +148,110 @@ export class RecentIds {
   /** The engine answered for ids in doubt: what it found stored is known, the rest is known not stored. */
   settled(found: Map<string, { at: number; type: string }>, asked: readonly { eventId: string }[]): void {
     for (const { eventId } of asked) {
-      if (this.ids.get(eventId) !== MAYBE) continue
+      if (!uuidWords(eventId, this.key)) continue
+      const slot = this.find()
+      if (slot < 0 || this.state[slot] !== MAYBE) continue
       const f = found.get(eventId)
-      if (!f) this.ids.delete(eventId)
+      if (!f) this.remove(slot)
       else {
-        let t = this.types.indexOf(f.type)
-        if (t < 0) t = this.types.push(f.type) - 1
-        this.ids.set(eventId, f.at * 8 + t)
+        this.moveMinute(this.atMs[slot]!, f.at)
+        this.state[slot] = STORED + this.typeIndex(f.type)
+        this.atMs[slot] = f.at
       }
     }
   }
 
-  private remember(id: string, at: number): void {
+  private typeIndex(type: string): number {
+    let t = this.types.indexOf(type)
+    if (t < 0) t = this.types.push(type) - 1
+    return t
+  }
+
+  /** The key's home slot: its four words mixed (ids need not be random: UUIDv7 leads with a clock). */
+  private home(w0: number, w1: number, w2: number, w3: number): number {
+    let h = Math.imul(w0, 0x9e3779b1) ^ Math.imul(w1, 0x85ebca6b) ^ Math.imul(w2, 0xc2b2ae35) ^ Math.imul(w3, 0x27d4eb2f)
+    h ^= h >>> 16
+    h = Math.imul(h, 0x7feb352d)
+    h ^= h >>> 15
+    return (h >>> 0) % this.slots
+  }
+
+  /** The slot holding `this.key`, or -1. */
+  private find(): number {
+    const k = this.key
+    const words = this.words
+    for (let slot = this.home(k[0]!, k[1]!, k[2]!, k[3]!); ; slot = slot + 1 === this.slots ? 0 : slot + 1) {
+      if (this.state[slot] === EMPTY) return -1
+      const o = slot * 4
+      if (words[o] === k[0] && words[o + 1] === k[1] && words[o + 2] === k[2] && words[o + 3] === k[3]) return slot
+    }
+  }
+
+  /** Adds `this.key` (known absent). Eviction keeps the table at most at its load factor. */
+  private add(at: number, state: number): void {
+    const k = this.key
+    let slot = this.home(k[0]!, k[1]!, k[2]!, k[3]!)
+    while (this.state[slot] !== EMPTY) slot = slot + 1 === this.slots ? 0 : slot + 1
+    this.words.set(k, slot * 4)
+    this.atMs[slot] = at
+    this.state[slot] = state
+    this.count++
     const minute = Math.floor(at / MINUTE_MS)
-    let list = this.minutes.get(minute)
-    if (!list) this.minutes.set(minute, (list = []))
-    list.push(id)
+    this.minutes.set(minute, (this.minutes.get(minute) ?? 0) + 1)
+    // The table has room for a third more than the capacity, for a batch stored at once: near full, evict now.
+    if (this.count > this.slots * 0.9) this.evict(true)
+  }
+
+  private moveMinute(from: number, to: number): void {
+    this.uncount(from)
+    const minute = Math.floor(to / MINUTE_MS)
+    this.minutes.set(minute, (this.minutes.get(minute) ?? 0) + 1)
+  }
+
+  private uncount(at: number): void {
+    const minute = Math.floor(at / MINUTE_MS)
+    const n = (this.minutes.get(minute) ?? 1) - 1
+    if (n > 0) this.minutes.set(minute, n)
+    else this.minutes.delete(minute)
+  }
+
+  /** Empties a slot and shifts back the entries after it that probed past it (no tombstones). */
+  private remove(slot: number): void {
+    this.uncount(this.atMs[slot]!)
+    this.count--
+    const words = this.words
+    let hole = slot
+    for (let j = slot + 1 === this.slots ? 0 : slot + 1; this.state[j] !== EMPTY; j = j + 1 === this.slots ? 0 : j + 1) {
+      const o = j * 4
+      const h = this.home(words[o]!, words[o + 1]!, words[o + 2]!, words[o + 3]!)
+      // The entry at j may fill the hole only if its home is not in (hole, j], cyclically.
+      const stays = hole <= j ? hole < h && h <= j : hole < h || h <= j
+      if (stays) continue
+      words.copyWithin(hole * 4, o, o + 4)
+      this.atMs[hole] = this.atMs[j]!
+      this.state[hole] = this.state[j]!
+      hole = j
+    }
+    this.state[hole] = EMPTY
   }
 
   /** Over capacity: drop whole minutes, oldest first, to 90% of it, and move the horizon past them. */
-  private evict(): void {
-    if (this.ids.size <= this.capacity) return
+  private evict(force = false): void {
+    if (this.count <= this.capacity && !force) return
     const target = Math.floor(this.capacity * 0.9)
-    const order = [...this.minutes.keys()].sort((a, b) => a - b)
-    for (const minute of order) {
-      if (this.ids.size <= target) break
-      for (const id of this.minutes.get(minute)!) this.ids.delete(id)
-      this.minutes.delete(minute)
-      this.horizonMs = Math.max(this.horizonMs, (minute + 1) * MINUTE_MS)
+    let left = this.count
+    let cutoff = -Infinity
+    for (const minute of [...this.minutes.keys()].sort((a, b) => a - b)) {
+      if (left <= target) break
+      left -= this.minutes.get(minute)!
+      cutoff = (minute + 1) * MINUTE_MS
     }
+    if (cutoff === -Infinity) return
+    // One sweep: an entry shifted back into the slot just emptied is looked at again before moving on.
+    for (let slot = 0; slot < this.slots; slot++) {
+      while (this.state[slot] !== EMPTY && this.atMs[slot]! < cutoff) this.remove(slot)
+    }
+    this.horizonMs = Math.max(this.horizonMs, cutoff)
   }
 
   private async load(): Promise<void> {
@@ -154,6 +281,6 @@ export class RecentIds {
 
   /** For /metrics and the log: how much it holds and how far back it answers. */
   describe(): { ids: number; capacity: number; horizon: string | null } {
-    return { ids: this.ids.size, capacity: this.capacity, horizon: Number.isFinite(this.horizonMs) ? chTime(this.horizonMs) : null }
+    return { ids: this.count, capacity: this.capacity, horizon: Number.isFinite(this.horizonMs) ? chTime(this.horizonMs) : null }
   }
 }

@@ -95,3 +95,52 @@ describe('the recent-id index', () => {
     expect(index.lookup(fresh[0]!.eventId, fresh[0]!.occurredAtMs)).toMatchObject({ stored: true })
   })
 })
+
+describe('the recent-id table', () => {
+  // Against a plain Map holding the same ids: many collisions (a small table), ids in doubt settled either way,
+  // and evictions by minute with backward-shift deletion, over 200,000 random operations.
+  it('answers as a Map of the same ids would, through collisions, settles and evictions', () => {
+    const capacity = 5_000
+    const index = new RecentIds(undefined as never, capacity)
+    const model = new Map<string, { at: number; maybe: boolean }>()
+    let seed = 7
+    const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32)
+    const hex = (n: number, width: number) => n.toString(16).padStart(width, '0')
+    // Half the ids share their first 96 bits (only the last word differs), like ids from one clock.
+    const idOf = (i: number) => (i % 2 ? `00000000-0000-7000-8000-0000${hex(i, 8)}` : `${hex(Math.floor(rand() * 2 ** 32), 8)}-${hex(i & 0xffff, 4)}-4000-8000-${hex(i, 12)}`)
+    const ids: { id: string; at: number }[] = []
+    let clock = 1_700_000_000_000
+    let horizon = index.horizon
+    for (let step = 0; step < 200_000; step++) {
+      const r = rand()
+      if (r < 0.6 || ids.length === 0) {
+        clock += Math.floor(rand() * 50)
+        const e = { id: idOf(step), at: clock - Math.floor(rand() * 120_000) }
+        ids.push(e)
+        const doubt = rand() < 0.1
+        if (doubt) index.inDoubt([{ eventId: e.id, occurredAtMs: e.at }])
+        else index.stored('key.usage', [{ eventId: e.id, occurredAtMs: e.at }])
+        if (e.at >= index.horizon || model.has(e.id)) model.set(e.id, { at: e.at, maybe: doubt })
+      } else if (r < 0.7) {
+        const e = ids[Math.floor(rand() * ids.length)]!
+        const landed = rand() < 0.5
+        index.settled(landed ? new Map([[e.id, { at: e.at, type: 'key.usage' }]]) : new Map(), [{ eventId: e.id }])
+        const m = model.get(e.id)
+        if (m?.maybe) landed ? (m.maybe = false) : model.delete(e.id)
+      }
+      // What eviction dropped is below the horizon, in the model too.
+      if (index.horizon !== horizon) for (const [id, m] of model) if (m.at < (horizon = index.horizon)) model.delete(id)
+      if (step % 997 === 0) {
+        expect(index.size).toBe(model.size)
+        for (const e of ids.slice(-3_000)) {
+          const m = model.get(e.id)
+          const answer = index.lookup(e.id, e.at)
+          if (m) expect(answer, e.id).toEqual(m.maybe ? undefined : { stored: true, at: m.at, type: 'key.usage' })
+          else expect(answer, e.id).toEqual(e.at >= index.horizon ? { stored: false } : undefined)
+        }
+      }
+    }
+    expect(index.size).toBeLessThanOrEqual(capacity)
+    expect(index.horizon).toBeGreaterThan(1_700_000_000_000)
+  })
+})
