@@ -8,7 +8,7 @@
 // rest are stored. No single event can fail its batch.
 import { createHash } from 'node:crypto'
 import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedError } from '../clickhouse/errors.ts'
-import { bodyOf, type Storage } from '../clickhouse/client.ts'
+import { encodeLines, type Storage } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
 import type { RecentIds } from './recent-ids.ts'
 import { COLUMNS_OF_LINE, TABLE_OF, type Row, type TableName } from './rows.ts'
@@ -492,23 +492,18 @@ interface Prepared {
  * The rows' body and the token of exactly these rows: ids and times (another version of an id, with another
  * occurred_at, is another block, never taken for this one).
  */
-function prepare(rows: Row[]): { body: Buffer; digest: string; token: string; lines: string[] } {
+function prepare(rows: Row[]): { body: Buffer; digest: string; token: string; ends: Uint32Array } {
   const hash = createHash('sha256')
   for (const r of rows) hash.update(`${r.eventId}@${r.occurredAtMs},`)
   const digest = hash.digest('hex')
-  const lines = rows.map(lineOf)
-  return { body: bodyOf(lines), digest, token: digest, lines }
+  const { body, ends } = encodeLines(rows.map(lineOf))
+  return { body, digest, token: digest, ends }
 }
 
 /** The body and digest of rows as they arrive; each row's line is kept as its bytes in the body from then on. */
 function prepareArriving(rows: Row[]): { body: Buffer; digest: string } {
-  const { body, digest, lines } = prepare(rows)
-  let at = 0
-  for (let i = 0; i < rows.length; i++) {
-    const n = Buffer.byteLength(lines[i]!)
-    rows[i]!.keepIn?.(body, at, at + n)
-    at += n + 1
-  }
+  const { body, digest, ends } = prepare(rows)
+  for (let i = 0; i < rows.length; i++) rows[i]!.keepIn?.(body, i === 0 ? 0 : ends[i - 1]! + 1, ends[i]!)
   return { body, digest }
 }
 
