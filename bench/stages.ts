@@ -9,7 +9,7 @@ import type { Storage } from '../clickhouse/client.ts'
 import { inboundSchemas } from '../contract/events.ts'
 import { decodeEvent } from '../ingest/decode.ts'
 import { RecentIds } from '../ingest/recent-ids.ts'
-import { COLUMNS_OF_LINE, toRow, type Row } from '../ingest/rows.ts'
+import { LINE_OF, toRow, type Row } from '../ingest/rows.ts'
 import { INSERT_SETTINGS } from '../ingest/writer.ts'
 import { chTime } from '../clickhouse/time.ts'
 
@@ -107,7 +107,7 @@ export async function pipelineStages(storage: Storage, messages: Buffer[], block
   const decoded = await measure('decode (JSON + compiled check)', n, () => messages.map((m) => decodeEvent(m, now, 'key.usage')))
   const events = decoded.result.flatMap((d) => (d.ok ? [d.event] : []))
   if (events.length !== n) throw new Error(`${n - events.length} bench events were rejected`)
-  const rows = await measure('row (toRow, encoded as its JSONCompactEachRow line)', n, () => events.map((e) => toRow('key.usage', e)))
+  const rows = await measure('row (toRow, encoded as its TabSeparated line)', n, () => events.map((e) => toRow('key.usage', e)))
   figures.push(decoded.figure, json.figure, zod.figure, rows.figure)
 
   // Insert with every view, in blocks as the writer sends them, with its settings, through Storage.insertLines (the hot path).
@@ -116,7 +116,7 @@ export async function pipelineStages(storage: Storage, messages: Buffer[], block
   const insert = await measure(`insert + views (${blockRows.toLocaleString('en')}-row blocks)`, n, async () => {
     for (const block of blocks) {
       const token = createHash('sha256').update(block.map((r) => r.eventId).join(',')).digest('hex')
-      await storage.insertLines('key_usage', COLUMNS_OF_LINE.key_usage!, block.map((r) => r.line!), INSERT_SETTINGS(token))
+      await storage.insertLines('key_usage', LINE_OF.key_usage!.columns, block.map((r) => r.line!), INSERT_SETTINGS(token), LINE_OF.key_usage!.format)
     }
   }, 'includes the file write')
   figures.push(insert.figure)
@@ -157,10 +157,10 @@ export async function pipelineStages(storage: Storage, messages: Buffer[], block
 
   // Reference, after the lookup (it stores the same events again): the same rows sent inline as JSONCompactEachRow
   // through the client in 20,000-row blocks, which is what the server path does and the embedded one did before.
-  const cells = rows.result.map((r) => JSON.parse(r.line!) as unknown[])
+  const cells = rows.result.map((r) => Object.values(r.values))
   const inline = await measure('  inline JSONCompactEachRow, 20,000-row blocks (reference)', n, async () => {
     for (let i = 0; i < n; i += 20_000) {
-      await storage.client.insert({ table: 'key_usage', values: cells.slice(i, i + 20_000), columns: [...COLUMNS_OF_LINE.key_usage!] as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: { insert_deduplication_token: `inline-${i}` } })
+      await storage.client.insert({ table: 'key_usage', values: cells.slice(i, i + 20_000), columns: [...LINE_OF.key_usage!.columns] as [string, ...string[]], format: 'JSONCompactEachRow', clickhouse_settings: { insert_deduplication_token: `inline-${i}` } })
     }
   }, 'the path before: client.insert')
   figures.splice(figures.indexOf(insert.figure) + 1, 0, inline.figure)

@@ -27,6 +27,13 @@ export class DataDirLockedError extends KeywatchError {
 // The same answers from both engines: 64-bit counts as JSON numbers (the server would quote them, chdb does not).
 const SETTINGS = { output_format_json_quote_64bit_integers: 0 } as const
 
+/**
+ * The text formats a body of lines may be in. JSONCompactEachRow for rows encoded generically; TabSeparated for
+ * key_usage lines (ingest/rows.ts), which the engine parses for about a sixth less (bench:engine).
+ */
+export type LineFormat = 'JSONCompactEachRow' | 'TabSeparated'
+const LINE_FORMATS: readonly LineFormat[] = ['JSONCompactEachRow', 'TabSeparated']
+
 export interface Storage {
   client: ClickHouseClient
   database: string
@@ -41,10 +48,10 @@ export interface Storage {
    */
   insertRows(table: string, rows: Record<string, unknown>[], settings: Record<string, string | number>): Promise<void>
   /**
-   * The same, for rows already encoded: one JSONCompactEachRow line per row, cells in `columns` order; or those
-   * lines already joined into the body (each ending in a newline), built while an earlier insert ran.
+   * The same, for rows already encoded: one line per row in `format`, cells in `columns` order; or those lines
+   * already joined into the body (each ending in a newline), built while an earlier insert ran.
    */
-  insertLines(table: string, columns: readonly string[], lines: readonly string[] | Buffer, settings: Record<string, string | number>): Promise<void>
+  insertLines(table: string, columns: readonly string[], lines: readonly string[] | Buffer, settings: Record<string, string | number>, format?: LineFormat): Promise<void>
   close(): Promise<void>
 }
 
@@ -101,11 +108,11 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
   const spool = await insertSpool()
   const structures = new Map<string, Promise<string>>()
   let sequence = 0
-  const insertLines: Storage['insertLines'] = async (table, columns, lines, settings) => {
+  const insertLines: Storage['insertLines'] = async (table, columns, lines, settings, format = 'JSONCompactEachRow') => {
     const body = bodyOf(lines)
     if (!body.length) return
     // A small batch costs less inline than a file written, read and removed.
-    if (body.length < FILE_INSERT_MIN_BYTES) return void (await engine.rawInsert({ table, values: body, columns: [...columns], format: 'JSONCompactEachRow', settings }))
+    if (body.length < FILE_INSERT_MIN_BYTES) return void (await engine.rawInsert({ table, values: body, columns: [...columns], format: lineFormat(format), settings }))
     let structure = structures.get(`${table}:${columns.join(',')}`)
     if (!structure) structures.set(`${table}:${columns.join(',')}`, (structure = fileStructure(client, table, columns)))
     structure.catch(() => structures.delete(`${table}:${columns.join(',')}`))
@@ -117,8 +124,8 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
     try {
       // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
       await client.command({
-        query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) SELECT * FROM file({file:String}, 'JSONCompactEachRow', {structure:String})`,
-        query_params: { file, structure: await structure },
+        query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) SELECT * FROM file({file:String}, {format:String}, {structure:String})`,
+        query_params: { file, format: lineFormat(format), structure: await structure },
         clickhouse_settings: settings,
       })
     } finally {
@@ -169,16 +176,17 @@ function trackInFlight(client: ClickHouseClient, engine: { rawInsert: (...args: 
 }
 
 /**
- * A server's insert of rows already encoded: the JSONCompactEachRow lines are the body of the INSERT, not encoded
- * again by the client (its `insert` wants objects for JSON formats).
+ * A server's insert of rows already encoded: the lines are the body of the INSERT, not encoded again by the client
+ * (its `insert` wants objects for JSON formats).
  */
 export function bodyInsert(client: ClickHouseClient): Storage['insertLines'] {
-  return async (table, columns, lines, settings) => {
+  return async (table, columns, lines, settings, format = 'JSONCompactEachRow') => {
     const body = bodyOf(lines)
     if (!body.length) return
-    // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns.
+    // Identifiers cannot be query parameters in a column list: they are checked names of the table's own columns;
+    // the format is one of LINE_FORMATS.
     const result = await client.exec({
-      query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) FORMAT JSONCompactEachRow`,
+      query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) FORMAT ${lineFormat(format)}`,
       values: Readable.from([body]),
       clickhouse_settings: settings,
     })
@@ -190,7 +198,12 @@ export function bodyInsert(client: ClickHouseClient): Storage['insertLines'] {
 /** From this size on (about 5,000 usage rows), an embedded insert goes through a file (measured by bench:ingest --stages). */
 const FILE_INSERT_MIN_BYTES = 1_500_000
 
-/** JSONCompactEachRow lines as one body, each line ending in a newline. */
+function lineFormat(format: LineFormat): LineFormat {
+  if (!LINE_FORMATS.includes(format)) throw new Error(`not a line format: ${JSON.stringify(format)}`)
+  return format
+}
+
+/** Lines as one body, each line ending in a newline. */
 export function bodyOf(lines: readonly string[] | Buffer): Buffer {
   if (Buffer.isBuffer(lines)) return lines
   return encodeLines(lines).body
@@ -241,7 +254,7 @@ async function insertSpool(): Promise<string> {
  * The type file() reads a column as: LowCardinality columns as their plain type, cast to the table's type by the
  * insert. The text parser fills a LowCardinality column one value at a time through its dictionary; the cast builds
  * it for the whole block at once, which cost the engine 1-2.5 µs less per key_usage row (11 such columns) in
- * `bench/engine-formats.ts`. The values stored are the same.
+ * bench:engine. The values stored are the same.
  */
 export function readAs(type: string): string {
   return /^LowCardinality\((.*)\)$/.exec(type)?.[1] ?? type

@@ -2,6 +2,7 @@
 import { createHash } from 'node:crypto'
 import type { AuthEvent, InboundEvent, InboundType, KeyLifecycle, KeyRatelimited, KeyUsage, LeakReported } from '../contract/events.ts'
 import { chTime, chTimeOf, MAX_STORABLE_MS, MIN_STORABLE_MS, parseTimestamp } from '../clickhouse/time.ts'
+import type { LineFormat } from '../clickhouse/client.ts'
 
 
 export type TableName = 'key_usage' | 'key_ratelimits' | 'auth_events' | 'key_lifecycle' | 'leak_reports'
@@ -31,7 +32,7 @@ export interface Row {
   eventId: string
   occurredAtMs: number
   values: Record<string, unknown>
-  /** The row as its JSONCompactEachRow line (columns in `COLUMNS_OF_LINE[table]` order), when built that way. */
+  /** The row as its line (`LINE_OF[table]`: columns in its order, in its format), when built that way. */
   readonly line?: string
   /** A row built as a line: keep the line as these bytes of an insert body instead (see UsageRow). */
   keepIn?(body: Buffer, start: number, end: number): void
@@ -46,8 +47,11 @@ const USAGE_COLUMNS = [
   'error_code', 'ip', 'country', 'asn', 'user_agent', 'origin', 'sdk', 'client_env', 'latency_ms', 'amount_minor', 'currency', 'client_side', 'mode_mismatch',
 ] as const
 
-/** The column order of `Row.line`, per table whose rows carry one. */
-export const COLUMNS_OF_LINE: Partial<Record<TableName, readonly string[]>> = { key_usage: USAGE_COLUMNS }
+/** Columns whose cells are numbers (the rest are text). */
+const USAGE_NUMBERS = new Set(['status', 'asn', 'latency_ms', 'amount_minor', 'client_side', 'mode_mismatch'])
+
+/** The column order and format of `Row.line`, per table whose rows carry one. */
+export const LINE_OF: Partial<Record<TableName, { columns: readonly string[]; format: LineFormat }>> = { key_usage: { columns: USAGE_COLUMNS, format: 'TabSeparated' } }
 
 class UsageRow implements Row {
   // The line, as a string of its own until the writer has put it into an insert body, then as bytes of that body
@@ -78,8 +82,8 @@ class UsageRow implements Row {
   }
 
   get values(): Record<string, unknown> {
-    const cells = JSON.parse(this.line) as unknown[]
-    return Object.fromEntries(USAGE_COLUMNS.map((c, i) => [c, cells[i]]))
+    const cells = this.line.split('\t')
+    return Object.fromEntries(USAGE_COLUMNS.map((c, i) => [c, USAGE_NUMBERS.has(c) ? Number(cells[i]) : unescapeTsv(cells[i]!)]))
   }
 }
 
@@ -96,13 +100,24 @@ export function toRow(type: InboundType, event: InboundEvent, occurredAtMs = par
   return { eventId, occurredAtMs, values: ROW_OF[type as Exclude<InboundType, 'key.usage'>](event as never, eventId, occurredAt) }
 }
 
-// key_usage has no Nullable columns (see 001_events.sql): null is '' or 0. In USAGE_COLUMNS order.
+// key_usage has no Nullable columns (see 001_events.sql): null is '' or 0. In USAGE_COLUMNS order, as a
+// TabSeparated line. Ids, times, enums and patterned fields cannot hold a tab, newline or backslash (the contract's
+// enums and patterns); the free-text ones are escaped.
 function usageLine(e: KeyUsage, eventId: string, occurredAt: string): string {
-  return JSON.stringify([
-    eventId, occurredAt, e.account_id, e.key_id ?? '', e.key_prefix ?? '', e.key_kind ?? '', e.mode ?? '', e.request_id, e.method, e.endpoint,
-    e.scope ?? '', e.status, e.error_code ?? '', e.ip, e.country ?? '', e.asn ?? 0, e.user_agent, e.origin ?? '', e.sdk ?? '', e.client_env ?? '',
-    e.latency_ms, e.amount_minor ?? 0, e.currency ?? '', isClientSide(e) ? 1 : 0, isModeMismatch(e) ? 1 : 0,
-  ])
+  return `${eventId}\t${occurredAt}\t${e.account_id}\t${e.key_id ?? ''}\t${e.key_prefix ?? ''}\t${e.key_kind ?? ''}\t${e.mode ?? ''}\t${tsv(e.request_id)}\t${e.method}\t${tsv(e.endpoint)}\t${tsv(e.scope ?? '')}\t${e.status}\t${tsv(e.error_code ?? '')}\t${tsv(e.ip)}\t${e.country ?? ''}\t${e.asn ?? 0}\t${tsv(e.user_agent)}\t${tsv(e.origin ?? '')}\t${tsv(e.sdk ?? '')}\t${e.client_env ?? ''}\t${e.latency_ms}\t${e.amount_minor ?? 0}\t${e.currency ?? ''}\t${isClientSide(e) ? 1 : 0}\t${isModeMismatch(e) ? 1 : 0}`
+}
+
+const TSV_SPECIAL = /[\t\n\r\\]/
+const TSV_ESCAPES: Record<string, string> = { '\t': '\\t', '\n': '\\n', '\r': '\\r', '\\': '\\\\' }
+const TSV_UNESCAPES: Record<string, string> = { t: '\t', n: '\n', r: '\r', '\\': '\\' }
+
+/** A text cell of a TabSeparated line: tab, newline, carriage return and backslash escaped (so `\N` stays text). */
+function tsv(s: string): string {
+  return TSV_SPECIAL.test(s) ? s.replace(/[\t\n\r\\]/g, (c) => TSV_ESCAPES[c]!) : s
+}
+
+function unescapeTsv(s: string): string {
+  return s.includes('\\') ? s.replace(/\\([tnr\\])/g, (_, c: string) => TSV_UNESCAPES[c]!) : s
 }
 
 /** A date-time field other than occurred_at: kept at the nearest time DateTime64(3) can hold (1900 to 2299). */

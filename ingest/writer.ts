@@ -11,7 +11,7 @@ import { classifyStorageError, isRetriable, StorageBusyError, StorageRejectedErr
 import { encodeLines, type Storage } from '../clickhouse/client.ts'
 import { chTime } from '../clickhouse/time.ts'
 import type { RecentIds } from './recent-ids.ts'
-import { COLUMNS_OF_LINE, TABLE_OF, type Row, type TableName } from './rows.ts'
+import { LINE_OF, TABLE_OF, type Row, type TableName } from './rows.ts'
 
 export { isRetriable, StorageBusyError, StorageRejectedError }
 
@@ -360,14 +360,15 @@ export class EventWriter {
     const release = await this.limiter.acquire()
     try {
       // Rows built as lines (key_usage) go as they are; the others are encoded here, in their own key order.
-      const columns = rows[0]!.line !== undefined ? COLUMNS_OF_LINE[table]! : Object.keys(rows[0]!.values)
+      const built = rows[0]!.line !== undefined ? LINE_OF[table]! : undefined
+      const columns = built?.columns ?? Object.keys(rows[0]!.values)
       const { body: lines, token } = whole ?? prepare(rows)
       let attempt = 0
       try {
         await this.withRetries(() => {
           // fencing (issue 16): a retry goes only while every partition of the batch is still ours
           if (attempt++ > 0 && !owned()) throw new FencedWriteError()
-          return this.storage.insertLines(table, columns, lines, INSERT_SETTINGS(token))
+          return this.storage.insertLines(table, columns, lines, INSERT_SETTINGS(token), built?.format)
         }, `ClickHouse refused ${rows.length} ${table} row(s)`)
       } catch (err) {
         // Sent at least once and not acknowledged: some may have landed. Until the engine says, ask it.

@@ -6,7 +6,7 @@ import { bodyInsert, type Storage } from '../clickhouse/client.ts'
 import { auth, keyNamed, lifecycle } from '../contract/builders.ts'
 import type { AuthEvent, KeyLifecycle } from '../contract/events.ts'
 import { usageEvent } from '../contract/synthetic.ts'
-import { COLUMNS_OF_LINE, toRow } from '../ingest/rows.ts'
+import { LINE_OF, toRow } from '../ingest/rows.ts'
 import { count, openTestStorage, tempDir } from './helpers.ts'
 
 let storage: Storage
@@ -78,19 +78,24 @@ describe('insertRows (embedded)', () => {
   })
 
   it('stores usage rows built as lines exactly, through the file, inline, and the server path', async () => {
-    const columns = COLUMNS_OF_LINE.key_usage!
-    const odd = { ...usageEvent(30_000, { to: now - 60_000 }), user_agent: 'quote " backslash \\ é ☃', key_id: null, asn: null, origin: null }
-    const made = [toRow('key.usage', odd), ...Array.from({ length: 5_999 }, (_, i) => toRow('key.usage', usageEvent(30_001 + i, { to: now - 60_000 })))]
+    const { columns, format } = LINE_OF.key_usage!
+    // Every character TabSeparated escapes, and \N (its NULL), in the free-text fields.
+    const oddOne = (i: number) => ({ ...usageEvent(i, { to: now - 60_000 }), user_agent: 'quote " backslash \\ tab \t newline \n return \r null \\N é ☃', endpoint: '/v1/\\N', request_id: 'req\\', key_id: null, asn: null, origin: null })
+    // One odd row in each path: first of the file's 5,000, of the 10 inline, of the 990 through the server path.
+    const odd = [oddOne(30_000), oddOne(35_000), oddOne(35_010)]
+    const made = Array.from({ length: 6_000 }, (_, i) => toRow('key.usage', i === 0 ? odd[0]! : i === 5_000 ? odd[1]! : i === 5_010 ? odd[2]! : usageEvent(30_000 + i, { to: now - 60_000 })))
     const before = await count(storage, 'SELECT count() AS n FROM key_usage')
-    await storage.insertLines('key_usage', columns, made.slice(0, 5_000).map((r) => r.line!), { insert_deduplication_token: 'lines-file' })
-    await storage.insertLines('key_usage', columns, made.slice(5_000, 5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-inline' })
+    await storage.insertLines('key_usage', columns, made.slice(0, 5_000).map((r) => r.line!), { insert_deduplication_token: 'lines-file' }, format)
+    await storage.insertLines('key_usage', columns, made.slice(5_000, 5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-inline' }, format)
     // A server gets the lines as the body of an INSERT; the embedded client speaks the same protocol.
-    await bodyInsert(storage.client)('key_usage', columns, made.slice(5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-body' })
+    await bodyInsert(storage.client)('key_usage', columns, made.slice(5_010).map((r) => r.line!), { insert_deduplication_token: 'lines-body' }, format)
     expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before + 6_000)
-    const [stored] = await (
-      await storage.client.query({ query: 'SELECT user_agent, key_id, asn, origin, toString(occurred_at) AS at FROM key_usage WHERE event_id = {id:UUID}', query_params: { id: made[0]!.eventId }, format: 'JSONEachRow' })
-    ).json<Record<string, unknown>>()
-    expect(stored).toEqual({ user_agent: odd.user_agent, key_id: '', asn: 0, origin: '', at: made[0]!.values.occurred_at })
-    expect(made[0]!.values).toMatchObject({ event_id: odd.event_id, account_id: odd.account_id, status: odd.status, client_side: 0 })
+    for (const [i, e] of [0, 5_000, 5_010].map((i, j) => [i, odd[j]!] as const)) {
+      const [stored] = await (
+        await storage.client.query({ query: 'SELECT user_agent, endpoint, request_id, key_id, asn, origin, toString(occurred_at) AS at FROM key_usage WHERE event_id = {id:UUID}', query_params: { id: made[i]!.eventId }, format: 'JSONEachRow' })
+      ).json<Record<string, unknown>>()
+      expect(stored).toEqual({ user_agent: e.user_agent, endpoint: e.endpoint, request_id: e.request_id, key_id: '', asn: 0, origin: '', at: made[i]!.values.occurred_at })
+      expect(made[i]!.values).toMatchObject({ event_id: e.event_id, account_id: e.account_id, user_agent: e.user_agent, endpoint: e.endpoint, status: e.status, latency_ms: e.latency_ms, asn: 0, client_side: 0 })
+    }
   })
 })
