@@ -72,6 +72,9 @@ try {
     // Any INGEST_* setting of this shell goes to keywatch too (INGEST_DECODE_WORKERS=0 for the inline reference).
     ...Object.fromEntries(Object.entries(process.env).filter((e): e is [string, string] => e[0].startsWith('INGEST_') && e[1] !== undefined)),
     ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
+    // keywatch starts with bin/runtime-env.js's malloc settings, as it does in production; BENCH_GLIBC_TUNABLES=
+    // (empty) for glibc's defaults, the reference they are measured against.
+    ...(process.env.BENCH_GLIBC_TUNABLES !== undefined ? { GLIBC_TUNABLES: process.env.BENCH_GLIBC_TUNABLES } : {}),
     ...(process.env.BENCH_LOG_LEVEL ? { LOG_LEVEL: process.env.BENCH_LOG_LEVEL } : {}),
     ...(process.env.BENCH_INFLIGHT ? { INGEST_MAX_INFLIGHT_BATCHES: process.env.BENCH_INFLIGHT } : {}),
     ...(process.env.BENCH_BATCH_ROWS ? { INGEST_BATCH_MAX_ROWS: process.env.BENCH_BATCH_ROWS, INGEST_BATCH_MAX_WAIT_MS: '1000' } : {}),
@@ -85,6 +88,9 @@ try {
   const samples: { at: number; committed: number }[] = []
   let threadsAtFirstCommit: Record<string, number> | undefined
   let threadsAtLastCommit: Record<string, number> = {}
+  // The broker shares the 2 cores: its CPU over the same window says how much of them keywatch can have.
+  let brokerAtFirstCommit: number | undefined
+  let brokerAtLastCommit = 0
   await waitFor(
     'keywatch to commit every offset',
     async () => {
@@ -94,6 +100,9 @@ try {
       if (p.committed > 0) {
         threadsAtFirstCommit ??= threads
         threadsAtLastCommit = threads
+        const brokerCpu = processCpuSeconds(broker?.pid())
+        brokerAtFirstCommit ??= brokerCpu
+        brokerAtLastCommit = brokerCpu
       }
       peakRssMb = Math.max(peakRssMb, rssMb(keywatch.child.pid!))
       return p.committed >= N
@@ -135,6 +144,10 @@ try {
   console.log(`  keywatch sustained Kafka -> ClickHouse  ${fmt(sustained)} events/s   (first commit to last)`)
   console.log(`  keywatch end to end                     ${fmt(endToEnd)} events/s   (process start to last commit, startup ${((startedAt - t) / 1000).toFixed(1)} s)`)
   console.log(`  ratio sustained / kafka                 ${(sustained / kafkaRate.fetchRate).toFixed(2)}`)
+  if (broker) {
+    const seconds = brokerAtLastCommit - (brokerAtFirstCommit ?? 0)
+    console.log(`  broker CPU while keywatch consumed     ${(seconds / ((last.at - first.at) / 1000)).toFixed(2)} cores, ${((seconds * 1e6) / (last.committed - first.committed)).toFixed(1)} µs/event`)
+  }
   console.log(`  keywatch peak RSS                       ${peakRssMb.toFixed(0)} MB`)
   console.log(`  stored ${Number(stored!.n).toLocaleString('en')} rows, rollup sums hourly ${Number(rolled!.n).toLocaleString('en')} daily ${Number(daily!.n).toLocaleString('en')} last-used ${Number(lastUsed!.n).toLocaleString('en')}  ${Number(stored!.n) === N && rollupsExact ? '(exact)' : '(MISMATCH)'}`)
   console.log(`  target: >= 60,000 events/s sustained; peak RSS <= 1024 MB`)
@@ -161,6 +174,17 @@ function parseConsumerPerformance(stdout: string): { rate: number; fetchRate: nu
   if (!header || !values) throw new Error(`unexpected ConsumerPerformance output:\n${stdout}`)
   const get = (name: string) => Number(values[header.indexOf(name)])
   return { rate: get('nMsg.sec'), fetchRate: get('fetch.nMsg.sec') }
+}
+
+/** User and system CPU seconds of a whole process, from /proc (0 when it is gone). */
+function processCpuSeconds(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
 }
 
 function rssMb(pid: number): number {

@@ -167,6 +167,9 @@ export async function pipelineStages(storage: Storage, messages: Buffer[], block
   return figures
 }
 
+/** The engine's threads are grouped by name under this prefix (its merges, its query pipeline, its schedulers). */
+const ENGINE = 'ClickHouse engine / '
+
 /** CPU seconds of a process's threads, grouped: the JS thread, libuv's pool, V8's helpers, the engine's threads. */
 export function threadCpu(pid: number): Record<string, number> {
   const tick = 100 // USER_HZ
@@ -184,7 +187,7 @@ export function threadCpu(pid: number): Record<string, number> {
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
       const seconds = (Number(fields[11]) + Number(fields[12])) / tick
       const group =
-        tid === String(pid) ? 'JS main thread' : /^keywatch-decod/.test(comm) ? 'decode workers' : /libuv/i.test(comm) ? 'libuv pool (fs, chdb calls)' : /^(V8|DelayedTask)/.test(comm) ? 'V8 GC/compiler' : /^node$/.test(comm) ? 'worker threads' : 'ClickHouse engine'
+        tid === String(pid) ? 'JS main thread' : /^keywatch-decod/.test(comm) ? 'decode workers' : /libuv/i.test(comm) ? 'libuv pool (fs, chdb calls)' : /^(V8|DelayedTask)/.test(comm) ? 'V8 GC/compiler' : /^node$/.test(comm) ? 'worker threads' : `${ENGINE}${comm.replace(/[\d_]+$/, '')}`
       groups[group] = (groups[group] ?? 0) + seconds
     } catch {
       // the thread ended
@@ -206,8 +209,19 @@ export function printStages(figures: StageFigure[]): void {
 
 export function printThreads(title: string, cpu: Record<string, number>, events: number, wallSeconds: number): void {
   const total = Object.values(cpu).reduce((a, b) => a + b, 0)
+  const figures = (s: number) => `${s.toFixed(1).padStart(7)} s  ${((s * 1e6) / events).toFixed(1).padStart(6)} µs/event`
+  const engine = Object.entries(cpu).filter(([g]) => g.startsWith(ENGINE)).map(([g, v]) => [g.slice(ENGINE.length), v] as const).sort((a, b) => b[1] - a[1])
+  const engineTotal = engine.reduce((a, [, v]) => a + v, 0)
+  const top = Object.entries(cpu).filter(([g]) => !g.startsWith(ENGINE))
+  if (engineTotal > 0) top.push([ENGINE.slice(0, -3), engineTotal])
   console.log(`  ${title}: ${total.toFixed(1)} CPU s over ${wallSeconds.toFixed(1)} s (${(total / wallSeconds).toFixed(2)} cores), ${((total * 1e6) / events).toFixed(1)} µs CPU/event`)
-  for (const [group, s] of Object.entries(cpu).sort((a, b) => b[1] - a[1])) {
-    if (s > 0) console.log(`    ${group.padEnd(30)} ${s.toFixed(1).padStart(7)} s  ${((s * 1e6) / events).toFixed(1).padStart(6)} µs/event  ${Math.round((s / total) * 100)}%`)
+  for (const [group, s] of top.sort((a, b) => b[1] - a[1])) {
+    if (s <= 0) continue
+    console.log(`    ${group.padEnd(30)} ${figures(s)}  ${Math.round((s / total) * 100)}%`)
+    if (group !== ENGINE.slice(0, -3)) continue
+    // The engine's threads by name (merges, the insert's pipeline, schedulers); under 2% of the engine is "other".
+    const other = engine.filter(([, v]) => v < s * 0.02).reduce((a, [, v]) => a + v, 0)
+    for (const [name, v] of engine) if (v >= s * 0.02) console.log(`      ${name.padEnd(28)} ${figures(v)}`)
+    if (other > 0) console.log(`      ${'other'.padEnd(28)} ${figures(other)}`)
   }
 }

@@ -83,6 +83,8 @@ export interface Broker {
   stop(): Promise<void>
   /** Stops the broker (SIGTERM by default), leaves it down `downMs`, starts it again on the same ports and data. */
   restart(how?: { signal?: 'SIGTERM' | 'SIGKILL'; downMs?: number }): Promise<void>
+  /** The running JVM's process id (a benchmark reads its CPU from /proc). */
+  pid(): number | undefined
 }
 
 /** Starts a single-node KRaft broker on two free loopback ports and resolves once it serves metadata. */
@@ -226,7 +228,7 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
     launch()
     await serving()
   }
-  return { brokers, libsDir, stop, restart }
+  return { brokers, libsDir, stop, restart, pid: () => (alive() ? child.pid : undefined) }
 }
 
 /** True once the broker accepts a connection and answers a metadata request. */
