@@ -5,11 +5,14 @@
 // The embedded engine (chdb) reads the process's fd 0 as data for its INSERTs (chdb-io/chdb-core#239): with input
 // piped in, every insert fails, or would store that input. So the engine never gets our stdin: it is replaced by
 // /dev/null, and `keywatch ingest -` runs in a child that reads the piped input on fd 3 instead.
+// That child also gets the malloc settings of bin/runtime-env.js, which only a process's start can set. Started on
+// Node >= 22 directly, keywatch runs with the environment it was given (the Dockerfile sets them).
 import { spawn } from 'node:child_process'
 import { closeSync, existsSync, openSync } from 'node:fs'
 import { isatty } from 'node:tty'
 import { fileURLToPath } from 'node:url'
 import { dirname, join } from 'node:path'
+import { runtimeEnv } from './runtime-env.js'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const args = process.argv.slice(2)
@@ -25,6 +28,7 @@ if (major < 22 || pipedInput) {
   const node = major < 22 ? bundled : process.execPath
   const child = spawn(node, [fileURLToPath(import.meta.url), ...args, ...(pipedInput ? ['--input-fd', '3'] : [])], {
     stdio: pipedInput ? ['ignore', 'inherit', 'inherit', process.stdin] : 'inherit',
+    env: runtimeEnv(process.env),
   })
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(signal, () => child.kill(signal))
   child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 : 1)))

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import pino from 'pino'
+import { runtimeEnv } from '../bin/runtime-env.js'
 import type { Role } from '../api/tokens.ts'
 import { openRuntime, type Runtime } from '../app/runtime.ts'
 import { openStorage, queryRows, type Storage } from '../clickhouse/client.ts'
@@ -58,7 +59,7 @@ export interface CliResult {
 /** Runs `keywatch ARGS` to completion. `env` is added to a minimal environment (no inherited KEYWATCH_/KAFKA_ vars). */
 export function runCli(args: string[], env: Record<string, string>, input?: string | Buffer): Promise<CliResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(NODE, [BIN, ...args], { env: cleanEnv(env), cwd: repoRoot })
+    const child = spawn(NODE, [BIN, ...args], { env: runtimeEnv(cleanEnv(env)), cwd: repoRoot })
     let stdout = ''
     let stderr = ''
     child.stdout.on('data', (d) => (stdout += d))
@@ -72,7 +73,7 @@ export function runCli(args: string[], env: Record<string, string>, input?: stri
 
 /** Starts `keywatch start` and resolves once its log says it started. */
 export async function startKeywatch(env: Record<string, string>, args = ['start'], startTimeoutMs = 60_000): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
-  const child = spawn(NODE, [BIN, ...args], { env: cleanEnv({ PORT: '0', ...env }), cwd: repoRoot })
+  const child = spawn(NODE, [BIN, ...args], { env: runtimeEnv(cleanEnv({ PORT: '0', ...env })), cwd: repoRoot })
   // A failing test must not leave a keywatch holding a data directory or a consumer group.
   const killOnExit = () => child.kill('SIGKILL')
   process.once('exit', killOnExit)

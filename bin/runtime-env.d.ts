@@ -1,0 +1,2 @@
+export declare const MALLOC_TUNABLES: string
+export declare function runtimeEnv<T extends Record<string, string | undefined>>(env: T): T & { GLIBC_TUNABLES?: string }
