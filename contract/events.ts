@@ -8,16 +8,36 @@ const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a
 const OCCURRED_AT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$/
 // JSON Schema's `format: date-time` (RFC 3339 §5.6), which is looser about fractions and case.
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/
+const DAYS_IN_MONTH = [0, 31, 0, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+// toISOString's form, what producers nearly always send: checked digit by digit, without the regex's captures.
+const CANONICAL_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/
+
+/** Days of a month of the proleptic Gregorian calendar (RFC 3339's): year 0000 is a leap year, 1900 is not. */
+function daysInMonth(year: number, month: number): number {
+  if (month !== 2) return DAYS_IN_MONTH[month]!
+  return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28
+}
+
+function twoDigits(s: string, at: number): number {
+  return (s.charCodeAt(at) - 48) * 10 + s.charCodeAt(at + 1) - 48
+}
 
 /** True when the calendar fields are real (no Feb 30, hour 25, offset +24:00). */
-function isRealDateTime(s: string): boolean {
+export function isRealDateTime(s: string): boolean {
+  if (s.length === 24 && CANONICAL_UTC.test(s)) {
+    const year = twoDigits(s, 0) * 100 + twoDigits(s, 2)
+    const month = twoDigits(s, 5)
+    const day = twoDigits(s, 8)
+    if (month < 1 || month > 12 || day < 1 || twoDigits(s, 11) > 23 || twoDigits(s, 14) > 59 || twoDigits(s, 17) > 60) return false
+    return day <= daysInMonth(year, month)
+  }
   const m = RFC3339.exec(s)
   if (!m) return false
   const [, y, mo, d, h, mi, sec, , off] = m
   const year = Number(y), month = Number(mo), day = Number(d)
   if (month < 1 || month > 12 || day < 1) return false
-  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate()
-  if (day > daysInMonth || Number(h) > 23 || Number(mi) > 59 || Number(sec) > 60) return false
+  if (day > daysInMonth(year, month) || Number(h) > 23 || Number(mi) > 59 || Number(sec) > 60) return false
   if (off && off.length === 6 && (Number(off.slice(1, 3)) > 23 || Number(off.slice(4, 6)) > 59)) return false
   return true
 }

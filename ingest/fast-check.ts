@@ -37,8 +37,9 @@ export function compileFastCheck(schema: z.ZodType): FastCheck | undefined {
   try {
     if (def.type !== 'object' || !def.shape || def.catchall !== undefined || def.checks?.length) return undefined
     const fields = Object.entries(def.shape).map(([name, s]) => planField(name, s.def))
+    const known = new Set(fields.map((f) => f.name))
     return (record) => {
-      const value: Record<string, unknown> = {}
+      let present = 0
       for (const f of fields) {
         const v = record[f.name]
         if (v === undefined) {
@@ -46,8 +47,14 @@ export function compileFastCheck(schema: z.ZodType): FastCheck | undefined {
           return { ok: false, field: f.name }
         }
         if (v === null ? !f.nullable : !f.check(v)) return { ok: false, field: f.name }
-        value[f.name] = v
+        present++
       }
+      // zod drops fields the schema does not know; a record with none is its own output (no copy on the hot path).
+      let keys = 0
+      for (const _ in record) keys++
+      if (keys === present) return { ok: true, value: record }
+      const value: Record<string, unknown> = {}
+      for (const name in record) if (known.has(name) && record[name] !== undefined) value[name] = record[name]
       return { ok: true, value }
     }
   } catch (err) {

@@ -92,10 +92,28 @@ interface TableState {
   lastLookup: Promise<void>
   /** Settles when the latest batch's inserts are done: true if they were acknowledged, false if they failed. */
   lastInsert: Promise<boolean>
-  /** Ids (and occurred_at) of rows handed to ClickHouse but not yet acknowledged. */
-  unsettled: Map<string, number>
+  /** The claims of batches handed to ClickHouse and not yet acknowledged, oldest first. */
+  unsettled: Set<Claims>
   /** Fencing (issue 16): how many batches had rows fenced; a batch looked up before a fence looks up again. */
   fences: number
+}
+
+/**
+ * The ids a batch will insert: each id's first row in `rows`. Kept by the batch until it is acknowledged, so later
+ * batches count them as stored; a later batch holds the list of earlier claims, not a copy of their ids.
+ */
+interface Claims {
+  rows: Row[]
+  fresh: Map<string, number>
+}
+
+/** The occurred_at of the earliest claim of this id among these batches' claims. */
+function claimedAt(claims: readonly Claims[], id: string): number | undefined {
+  for (const c of claims) {
+    const i = c.fresh.get(id)
+    if (i !== undefined) return c.rows[i]!.occurredAtMs
+  }
+  return undefined
 }
 
 /** Fencing (issue 16): rows not written because their partition was handed over (the new owner writes them). */
@@ -163,7 +181,7 @@ export class EventWriter {
 
   private state(table: TableName): TableState {
     let state = this.tables.get(table)
-    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, busy: 0, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Map(), fences: 0 }))
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, busy: 0, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Set(), fences: 0 }))
     return state
   }
 
@@ -202,18 +220,16 @@ export class EventWriter {
     const previousLookup = state.lastLookup
     let rows = waiters.flatMap((w) => w.rows)
     const type = TYPE_OF_TABLE[table]
-    /** Index of each id's first row in `rows`: the rows to insert. */
+    /** Index of each id's first row in `rows`: the rows to insert, claimed in `state.unsettled` until done. */
     const fresh = new Map<string, number>()
+    const mine: Claims = { rows, fresh }
     const conflicts = new Map<number, string>()
     const refused = new Map<Row, string>()
     /** Rows skipped because an unacknowledged earlier batch carries their id. */
     let aheadDuplicates: number[] = []
     const fencesAtLookup = state.fences // fencing (issue 16)
-    /** Every id this batch claimed in `unsettled`, released when it is done. */
-    const claimed = new Set<string>()
-    const claim = (id: string, at: number) => (state.unsettled.set(id, at), claimed.add(id))
     // First occurrence wins: the stored one, else one in flight, else the first in this batch.
-    const classify = (existing: Map<string, { at: number; type: string }>, ahead: Map<string, number>) => {
+    const classify = (existing: Map<string, { at: number; type: string }>, ahead: readonly Claims[]) => {
       fresh.clear()
       conflicts.clear()
       aheadDuplicates = []
@@ -226,7 +242,7 @@ export class EventWriter {
           }
           continue
         }
-        const inFlight = ahead.get(row.eventId)
+        const inFlight = ahead.length ? claimedAt(ahead, row.eventId) : undefined
         if (inFlight !== undefined) {
           aheadDuplicates.push(i)
           if (inFlight !== row.occurredAtMs) conflicts.set(i, `event_id being stored with occurred_at ${new Date(inFlight).toISOString()}; the first version stays`)
@@ -236,7 +252,6 @@ export class EventWriter {
         if (first === undefined) fresh.set(row.eventId, i)
         else if (!sameContents(rows[first]!, row)) conflicts.set(i, 'event_id seen earlier in the same batch with other contents; the first version stays')
       }
-      for (const [id, i] of fresh) claim(id, rows[i]!.occurredAtMs)
     }
     let markDone!: (ok: boolean) => void
     state.lastInsert = new Promise<boolean>((resolve) => (markDone = resolve))
@@ -246,7 +261,8 @@ export class EventWriter {
     let lookupMs = 0
     try {
       await previousLookup // the ids of every earlier batch are known (stored, or in `unsettled`)
-      const ahead = new Map(state.unsettled)
+      const ahead = [...state.unsettled]
+      state.unsettled.add(mine)
       const release = await this.limiter.acquire()
       try {
         const existing = await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`)
@@ -264,7 +280,6 @@ export class EventWriter {
           if (!again.has(row.eventId) && !fresh.has(row.eventId)) {
             fresh.set(row.eventId, i)
             conflicts.delete(i)
-            claim(row.eventId, row.occurredAtMs)
           }
         }
         aheadDuplicates = []
@@ -282,10 +297,12 @@ export class EventWriter {
       }
       if (state.fences !== fencesAtLookup) {
         // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
-        for (const id of claimed) state.unsettled.delete(id)
-        const claimedLater = new Map([...state.unsettled].filter(([id]) => !claimed.has(id)))
-        claimed.clear()
-        classify(await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`), claimedLater)
+        state.unsettled.delete(mine)
+        const claimedLater = [...state.unsettled]
+        const known = await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`)
+        mine.rows = rows // with `fresh` refilled at once: a later batch reading these claims sees them whole
+        classify(known, claimedLater)
+        state.unsettled.add(mine)
       }
       const stillOwned = () => waiters.every((w) => !w.owned || w.owned())
       // ---- end fencing ----
@@ -301,7 +318,7 @@ export class EventWriter {
       for (const w of all) w.reject(err) // (a fenced waiter was rejected already: no effect)
       return
     } finally {
-      for (const id of claimed) state.unsettled.delete(id)
+      state.unsettled.delete(mine)
     }
     // Attribute stored, duplicate, conflicting and refused rows to each caller.
     let offset = 0
