@@ -154,6 +154,8 @@ export async function openRuntime(config: Config, log: Logger, options: RuntimeO
     maxRows: config.ingest.batchMaxRows,
     maxWaitMs: config.ingest.batchMaxWaitMs,
     maxInflight: config.ingest.maxInflightBatches,
+    minRows: config.ingest.batchMinRows,
+    maxAgeMs: config.ingest.batchMaxAgeMs,
     // A leak report starts the clock on a revocation: it does not wait for company.
     lingerMs: { leak_reports: 0 },
     onFlush: (table, s) => log.debug({ table, ...s }, 'batch stored'),

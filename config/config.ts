@@ -55,6 +55,9 @@ const envSchema = z.object({
   INGEST_BATCH_MAX_ROWS: positiveInt.default(100_000),
   INGEST_BATCH_MAX_WAIT_MS: positiveInt.default(50),
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
+  INGEST_BATCH_MIN_ROWS: z.coerce.number().int().min(0).default(0),
+  INGEST_BATCH_MAX_AGE_MS: positiveInt.default(2_000),
+  INGEST_KAFKA_PENDING_BATCHES: positiveInt.optional(),
   INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
   INGEST_DEDUP_INDEX_IDS: z.coerce.number().int().min(0).max(50_000_000).default(1_000_000),
   // Worker threads decoding large batches (0: on the main thread). On 2 cores the engine is what ingest waits for,
@@ -120,7 +123,7 @@ export interface Config {
   }
   topics: Topics
   /** handoverMs: a partition newly assigned here waits this long for its previous owner's inserts (several instances). */
-  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; handoverMs?: number; /** Recent event ids kept in memory for the duplicate decision (embedded engine); 0: off. */ dedupIndexIds?: number; /** Worker threads decoding large batches; 0 or absent: inline. */ decodeWorkers?: number }
+  ingest: { batchMaxRows: number; batchMaxWaitMs: number; maxInflightBatches: number; /** Rows a busy table's next insert waits for, at most batchMaxAgeMs. */ batchMinRows?: number; batchMaxAgeMs?: number; /** Kafka batches handed over and not yet committed, per partition. */ kafkaPendingBatches?: number; handoverMs?: number; /** Recent event ids kept in memory for the duplicate decision (embedded engine); 0: off. */ dedupIndexIds?: number; /** Worker threads decoding large batches; 0 or absent: inline. */ decodeWorkers?: number }
   /** The API; metrics on a port of their own (no token) when metricsPort is set, else at /metrics behind a token. */
   http: { host: string; port: number; rateLimitPerMinute: number; metricsPort?: number; eventsBodyLimit: number }
   /** Step-up (a TOTP code) for sensitive actions; off for deployments behind their own SSO. The anchor file. */
@@ -199,6 +202,9 @@ export function parseConfig(raw: Record<string, string | undefined>): Config {
       batchMaxRows: e.INGEST_BATCH_MAX_ROWS,
       batchMaxWaitMs: e.INGEST_BATCH_MAX_WAIT_MS,
       maxInflightBatches: e.INGEST_MAX_INFLIGHT_BATCHES,
+      batchMinRows: e.INGEST_BATCH_MIN_ROWS,
+      batchMaxAgeMs: e.INGEST_BATCH_MAX_AGE_MS,
+      kafkaPendingBatches: e.INGEST_KAFKA_PENDING_BATCHES,
       handoverMs: e.INGEST_HANDOVER_MS,
       dedupIndexIds: e.INGEST_DEDUP_INDEX_IDS,
       decodeWorkers: e.INGEST_DECODE_WORKERS,

@@ -4,7 +4,7 @@
 import type { Config } from '../config/config.ts'
 import type { InboundType } from '../contract/events.ts'
 import { KafkaBatchConsumer, KafkaProducer, type ConsumerProgress, type Logger } from './kafka.ts'
-import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } from './pipeline.ts'
+import { addSummary, emptySummary, type InboundMessage, type IngestPipeline, type IngestSummary } from './pipeline.ts'
 
 export interface KafkaIngest {
   stats(): IngestSummary & { batches: number; deadLettered: number }
@@ -44,7 +44,8 @@ export async function startKafkaIngest(
     {
       groupId: kafka.groupId,
       topics: Object.keys(typeOfTopic),
-      maxPendingPerPartition: ingest.maxInflightBatches,
+      // Deeper than the writer's minimum batch: the next insert fills while one is in the engine.
+      maxPendingPerPartition: ingest.kafkaPendingBatches ?? ingest.maxInflightBatches,
       partitionsConsumedConcurrently: 3,
       sessionTimeoutMs: kafka.sessionTimeoutMs,
       unfenced: fencing.unfenced,
@@ -54,14 +55,17 @@ export async function startKafkaIngest(
     progress,
   )
 
-  await consumer.start(async (batch) => {
-    const messages = batch.messages.map((m) => ({
-      raw: m.value ?? EMPTY,
-      origin: { source: 'kafka' as const, topic: batch.topic, partition: batch.partition, offset: m.offset, key: m.key },
-    }))
+  // Takes what it needs of the batch and lets go of it: kafkajs's message objects are not kept while the rows are
+  // stored (about a third of the JS heap at a deep pipeline).
+  await consumer.start(({ topic, partition, messages: fetched, owned }) => {
+    const messages = fetched.map((m) => ({ raw: m.value ?? EMPTY, origin: { source: 'kafka' as const, topic, partition, offset: m.offset, key: m.key } }))
+    return ingestBatch(topic, partition, messages, owned)
+  })
+
+  async function ingestBatch(topic: string, partition: number, messages: InboundMessage[], owned?: () => boolean): Promise<void> {
     // Rejections, the engine's refusals (storage_rejected) among them, go to the dead-letter topic; conflicting
     // duplicates are kept in ingest_errors only (their first version is stored).
-    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[batch.topic], batch.owned)
+    const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[topic], owned)
     await deadLetters.send(
       kafka.topics.deadLetter,
       rejections.map((r) => ({
@@ -71,8 +75,8 @@ export async function startKafkaIngest(
           reason: r.reason,
           // A header is one line of bounded size (an engine message can be long).
           detail: r.detail.replace(/\s+/g, ' ').slice(0, 1000),
-          'source-topic': batch.topic,
-          'source-partition': String(batch.partition),
+          'source-topic': topic,
+          'source-partition': String(partition),
           'source-offset': r.message.origin.offset ?? '',
         },
       })),
@@ -80,8 +84,8 @@ export async function startKafkaIngest(
     addSummary(totals, summary)
     totals.batches++
     totals.deadLettered += rejections.length
-    if (rejections.length) log.warn({ topic: batch.topic, partition: batch.partition, rejected: summary.rejectedByReason }, 'messages dead-lettered')
-  })
+    if (rejections.length) log.warn({ topic, partition, rejected: summary.rejectedByReason }, 'messages dead-lettered')
+  }
   log.info({ brokers: kafka.brokers, topics: Object.keys(typeOfTopic), groupId: kafka.groupId }, 'kafka ingest started')
 
   return {

@@ -201,16 +201,19 @@ export class KafkaBatchConsumer {
         const lag = Math.max(0, Number(BigInt(batch.highWatermark) - BigInt(nextOffset)))
         const offsets = { topic: batch.topic, partition: batch.partition, firstOffset: batch.firstOffset(), lastOffset: batch.lastOffset() }
         this.progress?.fetched(batch.topic, batch.partition, { highWatermark: batch.highWatermark, firstOffset: batch.firstOffset() ?? nextOffset })
-        const work = handle({ topic: batch.topic, partition: batch.partition, messages: batch.messages, nextOffset, lag, owned })
+        // Nothing below holds `batch`: kafkajs's message objects (a dozen fields and two buffers each) are garbage
+        // as soon as `handle` has taken what it needs, not when the batch is committed seconds later.
+        const { topic, partition } = batch
+        const work = handle({ topic, partition, messages: batch.messages, nextOffset, lag, owned })
         const chain = Promise.all([this.chains.get(chainKey), work]).then(async () => {
           if (!owned()) throw new FencedBatchError() // fencing (issue 16): the new owner commits
           if (this.failed) throw new Error('an earlier batch failed; not committing past it')
           try {
-            await consumer.commitOffsets([{ topic: batch.topic, partition: batch.partition, offset: nextOffset }])
+            await consumer.commitOffsets([{ topic, partition, offset: nextOffset }])
           } catch (err) {
             throw new CommitFailedError(nextOffset, { cause: err })
           }
-          this.progress?.committed(batch.topic, batch.partition, nextOffset)
+          this.progress?.committed(topic, partition, nextOffset)
           if (this.failing.delete(key)) this.log.info(offsets, 'partition stored and committed again')
         })
         this.chains.set(chainKey, chain)

@@ -27,6 +27,12 @@ export interface WriteResult {
 export interface WriterOptions {
   maxRows: number
   maxWaitMs: number
+  /**
+   * Rows a table's next batch waits for when its previous one is done, so that inserts under load are large; never
+   * longer than `maxAgeMs` after its first row arrived. 0 or absent: the next batch goes at once (group commit).
+   */
+  minRows?: number
+  maxAgeMs?: number
   /** Per table, how long an idle table lingers for more rows instead of maxWaitMs (0 for latency-critical ones). */
   lingerMs?: Partial<Record<TableName, number>>
   /** Lookups and inserts running at once across all tables; further ones wait their turn. */
@@ -96,6 +102,8 @@ interface TableState {
   unsettled: Set<Claims>
   /** Fencing (issue 16): how many batches had rows fenced; a batch looked up before a fence looks up again. */
   fences: number
+  /** When the oldest buffered row arrived (performance.now()). */
+  firstAt: number
 }
 
 /**
@@ -159,11 +167,14 @@ export class EventWriter {
     if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0, conflicts: [], rejected: [] })
     const state = this.state(table)
     const prepared = rows[0]!.keepIn ? prepareArriving(rows) : undefined
+    if (state.waiters.length === 0) state.firstAt = performance.now()
     const promise = new Promise<WriteResult>((resolve, reject) => state.waiters.push({ rows, owned, prepared, resolve, reject }))
     state.rows += rows.length
-    if (state.rows >= this.options.maxRows) this.flush(table)
+    const minRows = this.minRows(table)
+    if (state.rows >= this.options.maxRows || (minRows > 0 && state.busy === 0 && state.rows >= minRows)) this.flush(table)
     // Group commit: an idle table lingers briefly for more rows; a busy one keeps them until its batch in flight is
-    // done, then sends them as one (batches grow with the load, and the engine's cost per row falls with their size).
+    // done, then sends them as one once there are minRows of them (batches grow with the load, and the engine's
+    // cost per row falls with their size).
     else if (state.busy === 0) state.timer ??= setTimeout(() => this.flush(table), this.options.lingerMs?.[table] ?? this.options.maxWaitMs)
     return promise
   }
@@ -179,9 +190,14 @@ export class EventWriter {
     return this.limiter.exclusive(fn)
   }
 
+  /** Rows a busy table's next batch waits for (none for a latency-critical table). */
+  private minRows(table: TableName): number {
+    return this.options.lingerMs?.[table] === 0 ? 0 : Math.min(this.options.minRows ?? 0, this.options.maxRows)
+  }
+
   private state(table: TableName): TableState {
     let state = this.tables.get(table)
-    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, busy: 0, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Set(), fences: 0 }))
+    if (!state) this.tables.set(table, (state = { waiters: [], rows: 0, busy: 0, lastLookup: Promise.resolve(), lastInsert: Promise.resolve(true), unsettled: new Set(), fences: 0, firstAt: 0 }))
     return state
   }
 
@@ -200,7 +216,14 @@ export class EventWriter {
     const engineDone = () => {
       if (freed) return
       freed = true
-      if (--state.busy === 0 && state.waiters.length) this.flush(table)
+      if (--state.busy === 0 && state.waiters.length) {
+        // Under load, the next batch waits until it is large (the engine spends ~250 ms of CPU on an insert whatever
+        // its size: bench:engine gives 12.5 µs a row in 30,000-row inserts, 5.6 in 150,000-row ones), but no row
+        // waits longer than maxAgeMs for it.
+        const age = performance.now() - state.firstAt
+        if (state.rows >= this.minRows(table) || age >= (this.options.maxAgeMs ?? 0)) this.flush(table)
+        else state.timer ??= setTimeout(() => this.flush(table), (this.options.maxAgeMs ?? 0) - age)
+      }
     }
     const task = this.insertBatch(table, state, waiters, engineDone).finally(() => {
       this.inflight.delete(task)
