@@ -525,7 +525,8 @@ export function byPartitionSpan(rows: Row[], spanDays = MAX_DAYS_PER_INSERT): Ro
 
 /** An insert's body and its deduplication token. */
 interface Prepared {
-  body: Buffer | string[]
+  /** The body, or its pieces in order. */
+  body: Buffer | readonly Buffer[]
   token: string
 }
 
@@ -547,12 +548,15 @@ function prepareArriving(rows: Row[]): { body: Buffer; digest: string } {
   return { body, digest }
 }
 
-/** The bodies of waiters made on arrival, as one insert; its token covers the same rows in the same order. */
+/**
+ * The bodies of waiters made on arrival, as one insert (its pieces, not joined into one more copy); its token covers
+ * the same rows in the same order.
+ */
 function joinPrepared(waiters: Waiter[]): Prepared {
   if (waiters.length === 1) return { body: waiters[0]!.prepared!.body, token: waiters[0]!.prepared!.digest }
   const hash = createHash('sha256')
   for (const w of waiters) hash.update(w.prepared!.digest)
-  return { body: Buffer.concat(waiters.map((w) => w.prepared!.body)), token: hash.digest('hex') }
+  return { body: waiters.map((w) => w.prepared!.body), token: hash.digest('hex') }
 }
 
 function lineOf(r: Row): string {

@@ -2,7 +2,7 @@
 // token in the raw table and every view, errors with the engine's message, no file left behind.
 import { readdirSync } from 'node:fs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { bodyInsert, type Storage } from '../clickhouse/client.ts'
+import { bodyInsert, encodeLines, type Storage } from '../clickhouse/client.ts'
 import { auth, keyNamed, lifecycle } from '../contract/builders.ts'
 import type { AuthEvent, KeyLifecycle } from '../contract/events.ts'
 import { usageEvent } from '../contract/synthetic.ts'
@@ -97,5 +97,27 @@ describe('insertRows (embedded)', () => {
       expect(stored).toEqual({ user_agent: e.user_agent, endpoint: e.endpoint, request_id: e.request_id, key_id: '', asn: 0, origin: '', at: made[i]!.values.occurred_at })
       expect(made[i]!.values).toMatchObject({ event_id: e.event_id, account_id: e.account_id, user_agent: e.user_agent, endpoint: e.endpoint, status: e.status, latency_ms: e.latency_ms, asn: 0, client_side: 0 })
     }
+  })
+
+  it('stores a body given as its pieces (the bodies made as rows arrived) exactly, through the file and the server path', async () => {
+    const { columns, format } = LINE_OF.key_usage!
+    const made = Array.from({ length: 12_000 }, (_, i) => toRow('key.usage', usageEvent(50_000 + i, { to: now - 60_000 })))
+    // Uneven pieces, as batches of different sizes make them; more than one writev call's worth of pieces.
+    const piecesOf = (rs: typeof made) => {
+      const out: Buffer[] = []
+      for (let i = 0, n = 1; i < rs.length; i += n, n = (n * 7) % 97 + 1) out.push(encodeLines(rs.slice(i, i + n).map((r) => r.line!)).body)
+      return out
+    }
+    const viaFile = piecesOf(made.slice(0, 10_000))
+    expect(viaFile.length).toBeGreaterThan(64)
+    const before = await count(storage, 'SELECT count() AS n FROM key_usage')
+    await storage.insertLines('key_usage', columns, viaFile, { insert_deduplication_token: 'pieces-file' }, format)
+    await bodyInsert(storage.client)('key_usage', columns, piecesOf(made.slice(10_000)), { insert_deduplication_token: 'pieces-body' }, format)
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage')).toBe(before + 12_000)
+    const stored = await (
+      await storage.client.query({ query: 'SELECT toString(event_id) AS id, request_id FROM key_usage WHERE event_id IN {ids:Array(UUID)} ORDER BY request_id', query_params: { ids: made.map((r) => r.eventId) }, format: 'JSONEachRow' })
+    ).json<{ id: string; request_id: string }>()
+    expect(stored.map((r) => r.id).sort()).toEqual(made.map((r) => r.eventId).sort())
+    expect(spoolFiles()).toEqual([])
   })
 })
