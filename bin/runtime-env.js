@@ -6,7 +6,8 @@
 // ingest allocates a few hundred MB a second of such blocks. Fresh pages are slow wherever the host takes back
 // freed memory (a VM with free page reporting: 0.3-0.7 GB/s here against 9 GB/s for memory reused). These keep
 // blocks below 64 MiB in malloc's heap for reuse, keep the heap's free top, and back it with transparent huge pages
-// (glibc >= 2.35; older ones ignore what they do not know). bench:ingest: +29% events/s (README, Benchmarks).
+// (glibc >= 2.35; older ones ignore what they do not know). bench:ingest: +29% events/s in alternate runs with
+// the heap never trimmed; trimmed above 256 MiB since, to bound memory, at the same rates within their noise (README).
 export const MALLOC_TUNABLES = 'glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456'
 
 /** The environment to start keywatch with: the malloc tunables added on Linux, unless the operator set their own. */
