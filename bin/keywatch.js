@@ -5,7 +5,7 @@
 // The embedded engine (chdb) reads the process's fd 0 as data for its INSERTs (chdb-io/chdb-core#239): with input
 // piped in, every insert fails, or would store that input. So the engine never gets our stdin: it is replaced by
 // /dev/null, and `keywatch ingest -` runs in a child that reads the piped input on fd 3 instead.
-// That child also gets the malloc settings of bin/runtime-env.js, which only a process's start can set. Started on
+// That child also gets the malloc and V8 settings of bin/runtime-env.js, which only a process's start can set. Started on
 // Node >= 22 directly, keywatch runs with the environment it was given (the Dockerfile sets them).
 import { spawn } from 'node:child_process'
 import { closeSync, existsSync, openSync } from 'node:fs'

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { parse } from 'yaml'
 import { describe, expect, it } from 'vitest'
 import { ENV_VARIABLES, parseConfig } from '../config/config.ts'
-import { MALLOC_TUNABLES } from '../bin/runtime-env.js'
+import { MALLOC_TUNABLES, NODE_FLAGS } from '../bin/runtime-env.js'
 import { repoRoot } from './helpers.ts'
 
 interface Service {
@@ -29,8 +29,10 @@ describe('docker-compose.yml', () => {
     expect(services.clickhouse!.image).toMatch(/^clickhouse\/clickhouse-server:/)
     expect(services.keywatch!.build).toBe('.')
     expect(existsSync(join(repoRoot, 'Dockerfile'))).toBe(true)
-    // The image starts keywatch on Node 24 directly: the malloc settings bin/keywatch.js would give it are set there.
-    expect(readFileSync(join(repoRoot, 'Dockerfile'), 'utf8')).toContain(`ENV GLIBC_TUNABLES=${MALLOC_TUNABLES}\n`)
+    // The image starts keywatch on Node 24 directly: the settings bin/keywatch.js would give it are set there.
+    const dockerfile = readFileSync(join(repoRoot, 'Dockerfile'), 'utf8')
+    expect(dockerfile).toContain(`ENV GLIBC_TUNABLES=${MALLOC_TUNABLES}\n`)
+    expect(dockerfile).toContain(`ENV NODE_OPTIONS=${NODE_FLAGS}\n`)
     expect(services.grafana!.environment!.GF_INSTALL_PLUGINS).toContain('grafana-clickhouse-datasource')
     expect(services.mail!.image).toBeDefined()
   })
