@@ -148,6 +148,11 @@ try {
     const seconds = brokerAtLastCommit - (brokerAtFirstCommit ?? 0)
     console.log(`  broker CPU while keywatch consumed     ${(seconds / ((last.at - first.at) / 1000)).toFixed(2)} cores, ${((seconds * 1e6) / (last.committed - first.committed)).toFixed(1)} µs/event`)
   }
+  {
+    // Always printed: CPU per event varies less between runs than events/s on a shared machine.
+    const cpu = Object.values(diffThreads(threadsAtLastCommit, threadsAtFirstCommit ?? {})).reduce((a, b) => a + b, 0)
+    console.log(`  keywatch CPU while it consumed          ${(cpu / ((last.at - first.at) / 1000)).toFixed(2)} cores, ${((cpu * 1e6) / (last.committed - first.committed)).toFixed(1)} µs/event`)
+  }
   console.log(`  keywatch peak RSS                       ${peakRssMb.toFixed(0)} MB`)
   console.log(`  stored ${Number(stored!.n).toLocaleString('en')} rows, rollup sums hourly ${Number(rolled!.n).toLocaleString('en')} daily ${Number(daily!.n).toLocaleString('en')} last-used ${Number(lastUsed!.n).toLocaleString('en')}  ${Number(stored!.n) === N && rollupsExact ? '(exact)' : '(MISMATCH)'}`)
   console.log(`  target: >= 60,000 events/s sustained; peak RSS <= 1024 MB`)

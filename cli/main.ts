@@ -152,7 +152,9 @@ async function runIngest(file: string, opts: { json?: boolean; inputFd?: string 
     report = (await response.json()) as NdjsonReport
   } else {
     const log = createLogger(cfg)
-    const rt = await openRuntime(cfg, log)
+    // Group commit alone (no INGEST_BATCH_MIN_ROWS): the file's chunks in flight (ingest/ndjson.ts) are the only
+    // source, fewer than the minimum, and each insert takes all that came in while the one before was in the engine.
+    const rt = await openRuntime({ ...cfg, ingest: { ...cfg.ingest, batchMinRows: 0 } }, log)
     try {
       report = await ingestNdjson(input, rt.pipeline, {
         source: 'file',

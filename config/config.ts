@@ -57,7 +57,7 @@ const envSchema = z.object({
   INGEST_MAX_INFLIGHT_BATCHES: positiveInt.default(4),
   INGEST_BATCH_MIN_ROWS: z.coerce.number().int().min(0).default(0),
   INGEST_BATCH_MAX_AGE_MS: positiveInt.default(2_000),
-  INGEST_KAFKA_PENDING_BATCHES: positiveInt.optional(),
+  INGEST_KAFKA_PENDING_BATCHES: positiveInt.default(8),
   INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
   INGEST_DEDUP_INDEX_IDS: z.coerce.number().int().min(0).max(50_000_000).default(1_000_000),
   // Worker threads decoding large batches (0: on the main thread). On 2 cores the engine is what ingest waits for,
