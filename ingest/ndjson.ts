@@ -22,8 +22,8 @@ const NEWLINE = 0x0a
 const LINES_PER_CHUNK = 5_000
 // 60,000 lines in flight: the writer's group commit turns them into inserts of ~35,000 rows, where 4 chunks gave
 // ~10,000-row inserts that cost the engine twice as much per row (1M lines: 28 s against 40 s). 24 chunks were
-// faster on a file of recent events (16.5 s against 19.2-20.4 for 1M lines) but reached 1,203 MiB on ingest-1m's
-// 30 days of history (913 at 12): an insert spread over many days costs the engine memory for each.
+// faster on a file of recent events (16.5-18.8 s against 19.2-20.4 for 1M lines) but reached 1,203 MiB on
+// ingest-1m's 30 days of history, 1,067 with the writer's cut of such inserts at 35,000 rows (913-924 at 12).
 const CHUNKS_IN_FLIGHT = 12
 
 export async function ingestNdjson(input: Readable | AsyncIterable<Uint8Array>, pipeline: IngestPipeline, options: NdjsonOptions): Promise<NdjsonReport> {
