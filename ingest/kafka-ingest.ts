@@ -4,7 +4,8 @@
 import type { Config } from '../config/config.ts'
 import type { InboundType } from '../contract/events.ts'
 import { KafkaBatchConsumer, KafkaProducer, type ConsumerProgress, type Logger } from './kafka.ts'
-import { addSummary, emptySummary, type InboundMessage, type IngestPipeline, type IngestSummary } from './pipeline.ts'
+import { KafkaMessages } from './kafka-messages.ts'
+import { addSummary, emptySummary, type IngestPipeline, type IngestSummary } from './pipeline.ts'
 
 export interface KafkaIngest {
   stats(): IngestSummary & { batches: number; deadLettered: number }
@@ -12,8 +13,6 @@ export interface KafkaIngest {
   /** Tests of several instances in one process (issue 16): stops like a SIGKILL, committing nothing more. */
   abort(): Promise<void>
 }
-
-const EMPTY = Buffer.alloc(0)
 
 export async function startKafkaIngest(
   kafka: NonNullable<Config['kafka']>,
@@ -55,14 +54,11 @@ export async function startKafkaIngest(
     progress,
   )
 
-  // Takes what it needs of the batch and lets go of it: kafkajs's message objects are not kept while the rows are
-  // stored (about a third of the JS heap at a deep pipeline).
-  await consumer.start(({ topic, partition, messages: fetched, owned }) => {
-    const messages = fetched.map((m) => ({ raw: m.value ?? EMPTY, origin: { source: 'kafka' as const, topic, partition, offset: m.offset, key: m.key } }))
-    return ingestBatch(topic, partition, messages, owned)
-  })
+  // Takes what it needs of the batch and lets go of it: kafkajs's message objects, and the fetch response their
+  // buffers point into, are not kept while the rows are stored (ingest/kafka-messages.ts).
+  await consumer.start(({ topic, partition, messages: fetched, owned }) => ingestBatch(topic, partition, new KafkaMessages(topic, partition, fetched), owned))
 
-  async function ingestBatch(topic: string, partition: number, messages: InboundMessage[], owned?: () => boolean): Promise<void> {
+  async function ingestBatch(topic: string, partition: number, messages: KafkaMessages, owned?: () => boolean): Promise<void> {
     // Rejections, the engine's refusals (storage_rejected) among them, go to the dead-letter topic; conflicting
     // duplicates are kept in ingest_errors only (their first version is stored).
     const { summary, rejections } = await pipeline.ingest(messages, typeOfTopic[topic], owned)

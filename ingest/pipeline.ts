@@ -25,6 +25,20 @@ export interface InboundMessage {
   origin: Origin
 }
 
+/**
+ * The messages of one batch by index: what the pipeline reads of them. A batch waits for its insert for seconds, so
+ * Kafka's batches come in a compact form (ingest/kafka-messages.ts) that builds a message only when one is rejected.
+ */
+export interface MessageBatch {
+  readonly length: number
+  raw(index: number): Uint8Array
+  message(index: number): InboundMessage
+}
+
+function arrayBatch(messages: readonly InboundMessage[]): MessageBatch {
+  return { length: messages.length, raw: (i) => messages[i]!.raw, message: (i) => messages[i]! }
+}
+
 export interface Rejection {
   message: InboundMessage
   reason: RejectReason
@@ -109,25 +123,34 @@ export class IngestPipeline {
    * for good and recorded as such) and every rejection recorded; rejects (storing nothing more) when storage fails
    * in a way that retrying may cure, so the caller must not acknowledge the batch.
    */
-  async ingest(messages: InboundMessage[], expectedType?: InboundType, owned?: () => boolean): Promise<IngestResult> {
+  async ingest(input: readonly InboundMessage[] | MessageBatch, expectedType?: InboundType, owned?: () => boolean): Promise<IngestResult> {
     const now = this.now()
-    const byTable = new Map<TableName, { rows: Row[]; messages: InboundMessage[]; type: InboundType }>()
+    const batch = Array.isArray(input) ? arrayBatch(input) : (input as MessageBatch)
+    // Each row's message by its index in the batch: a message object is made only for the few that are rejected.
+    const byTable = new Map<TableName, { rows: Row[]; indices: number[]; type: InboundType }>()
     const rejections: Rejection[] = []
-    const decoded: DecodedRow[] =
-      this.pool?.worthIt(messages.length) ? await this.pool.decode(messages.map((m) => m.raw), now, expectedType) : messages.map((m) => decodeToRow(m.raw, now, expectedType))
-    for (let i = 0; i < messages.length; i++) {
+    let decoded: DecodedRow[]
+    if (this.pool?.worthIt(batch.length)) {
+      const raws: Uint8Array[] = []
+      for (let i = 0; i < batch.length; i++) raws.push(batch.raw(i))
+      decoded = await this.pool.decode(raws, now, expectedType)
+    } else {
+      decoded = []
+      for (let i = 0; i < batch.length; i++) decoded.push(decodeToRow(batch.raw(i), now, expectedType))
+    }
+    for (let i = 0; i < batch.length; i++) {
       const d = decoded[i]!
-      const message = messages[i]!
       if (!d.ok) {
-        rejections.push({ message, reason: d.reason, detail: d.detail, eventId: d.eventId, eventType: d.eventType })
+        rejections.push({ message: batch.message(i), reason: d.reason, detail: d.detail, eventId: d.eventId, eventType: d.eventType })
         continue
       }
       const table = TABLE_OF[d.type]
       let group = byTable.get(table)
-      if (!group) byTable.set(table, (group = { rows: [], messages: [], type: d.type }))
+      if (!group) byTable.set(table, (group = { rows: [], indices: [], type: d.type }))
       group.rows.push(d.row)
-      group.messages.push(message)
+      group.indices.push(i)
     }
+    decoded = [] // its wrappers are not kept while the rows are stored
     const groups = [...byTable.entries()]
     for (const [table, g] of groups) for (const listener of this.decodedListeners) listener(table, g.rows)
     const writes: Promise<WriteResult>[] = groups.map(([table, g]) => this.writer.write(table, g.rows, owned))
@@ -142,7 +165,7 @@ export class IngestPipeline {
       summary.accepted += r.stored
       summary.duplicates += r.duplicates
       summary.conflictingDuplicates += r.conflicts.length
-      const of = (index: number) => ({ message: g.messages[index]!, eventId: g.rows[index]!.eventId, eventType: g.type })
+      const of = (index: number) => ({ message: batch.message(g.indices[index]!), eventId: g.rows[index]!.eventId, eventType: g.type })
       for (const x of r.rejected) refused.push({ ...of(x.index), reason: 'storage_rejected', detail: x.detail })
       for (const x of r.conflicts) conflicts.push({ ...of(x.index), reason: 'conflicting_duplicate', detail: x.detail })
     })

@@ -1,0 +1,64 @@
+// The compact form of a Kafka batch (ingest/kafka-messages.ts) gives back each message exactly as kafkajs gave it:
+// its bytes, its key (or none), its offset, its topic and partition, whatever the fetch response around them held.
+import { describe, expect, it } from 'vitest'
+import { KafkaMessages, type FetchedMessage } from '../ingest/kafka-messages.ts'
+
+/** Messages as kafkajs hands them: views into one shared response buffer, with bytes between them. */
+function fetchedFrom(parts: { key: string | null; value: string | null; offset: string }[]): FetchedMessage[] {
+  const response = Buffer.alloc(parts.reduce((n, p) => n + 7 + Buffer.byteLength(p.key ?? '') + Buffer.byteLength(p.value ?? ''), 0), 0xee)
+  let at = 0
+  return parts.map((p) => {
+    at += 7 // a record's header, which is not the message
+    const take = (s: string | null) => {
+      if (s === null) return null
+      const view = response.subarray(at, at + Buffer.byteLength(s))
+      view.write(s)
+      at += view.byteLength
+      return view
+    }
+    return { key: take(p.key), value: take(p.value), offset: p.offset }
+  })
+}
+
+describe('KafkaMessages', () => {
+  const parts = [
+    { key: 'key_00000001', value: '{"event_id":"a"}', offset: '41' },
+    { key: null, value: '{"event_id":"b","note":"ünïcode ✓"}', offset: '42' },
+    { key: '', value: null, offset: '44' }, // an empty key is a key; a tombstone has no value
+    { key: 'k', value: '', offset: '45' },
+  ]
+
+  it('gives each message its own bytes, key and offset, and no more', () => {
+    const batch = new KafkaMessages('keys.usage', 2, fetchedFrom(parts))
+    expect(batch.length).toBe(4)
+    parts.forEach((p, i) => {
+      expect(Buffer.from(batch.raw(i)).toString()).toBe(p.value ?? '')
+      const m = batch.message(i)
+      expect(Buffer.from(m.raw).toString()).toBe(p.value ?? '')
+      expect(m.origin).toEqual({ source: 'kafka', topic: 'keys.usage', partition: 2, offset: p.offset, key: p.key === null ? null : Buffer.from(p.key) })
+    })
+  })
+
+  it('does not keep the fetch response: later changes to it do not reach the batch', () => {
+    const fetched = fetchedFrom(parts)
+    const batch = new KafkaMessages('keys.usage', 0, fetched)
+    for (const m of fetched) m.value?.fill(0x21)
+    expect(Buffer.from(batch.raw(0)).toString()).toBe(parts[0]!.value)
+    expect(batch.raw(0).buffer).not.toBe(fetched[0]!.value!.buffer)
+  })
+
+  it('keeps offsets beyond 2^53 exact', () => {
+    const big = [
+      { key: null, value: 'x', offset: '9007199254740993' },
+      { key: null, value: 'y', offset: '9007199254740995' },
+    ]
+    const batch = new KafkaMessages('t', 0, fetchedFrom(big))
+    expect(batch.message(0).origin.offset).toBe('9007199254740993')
+    expect(batch.message(1).origin.offset).toBe('9007199254740995')
+  })
+
+  it('holds an empty batch', () => {
+    const batch = new KafkaMessages('t', 0, [])
+    expect(batch.length).toBe(0)
+  })
+})
