@@ -8,8 +8,17 @@ import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import type { InboundType } from '../contract/events.ts'
 import { decodeToRow, type DecodedRow, type RejectReason } from './decode.ts'
-import type { DecodeRequest, WireDecoded } from './decode-worker.ts'
-import { rowFrom } from './rows.ts'
+import type { DecodeAnswer, DecodeRequest, WireDecoded } from './decode-worker.ts'
+import { rowFrom, usageRowIn, type Row } from './rows.ts'
+
+/**
+ * A batch decoded: each message's row or rejection, in order. `usageBody`, when there, is the insert body of its
+ * valid key.usage rows, in their order (their lines are kept as its bytes): the writer sends it as it is.
+ */
+export interface DecodedBatch {
+  rows: DecodedRow[]
+  usageBody?: { body: Buffer; digest: string; rows: number }
+}
 
 /** Fewer messages than this are decoded inline: the trip costs more than it frees (a leak report never waits). */
 const MIN_BATCH = 256
@@ -20,7 +29,7 @@ interface Slot {
   worker: Worker
   alive: boolean
   /** Batches sent to this worker and not answered. */
-  pending: Map<number, { resolve: (rows: DecodedRow[]) => void; reject: (err: unknown) => void }>
+  pending: Map<number, { resolve: (batch: DecodedBatch) => void; reject: (err: unknown) => void }>
 }
 
 export class DecodePool {
@@ -38,10 +47,10 @@ export class DecodePool {
     for (let i = 0; i < size; i++) {
       const slot: Slot = { worker: new Worker(bootstrap, { eval: true, name: 'keywatch-decode' }), alive: true, pending: new Map() }
       slot.worker.unref()
-      slot.worker.on('message', (msg: { id: number; out: WireDecoded[] }) => {
+      slot.worker.on('message', (msg: DecodeAnswer) => {
         const p = slot.pending.get(msg.id)
         slot.pending.delete(msg.id)
-        p?.resolve(msg.out.map(fromWire))
+        p?.resolve(fromAnswer(msg))
       })
       // A worker that dies fails the batches it held (their messages are not acknowledged, and come again); later
       // batches go to the others, or are decoded inline.
@@ -62,10 +71,15 @@ export class DecodePool {
   }
 
   /** The messages decoded, in order, exactly as `decodeToRow` gives them inline. */
-  decode(raws: Uint8Array[], now: number, expectedType?: InboundType): Promise<DecodedRow[]> {
+  async decode(raws: Uint8Array[], now: number, expectedType?: InboundType): Promise<DecodedRow[]> {
+    return (await this.decodeBatch(raws, now, expectedType)).rows
+  }
+
+  /** The same, with the insert body of the batch's usage rows made beside them. */
+  decodeBatch(raws: Uint8Array[], now: number, expectedType?: InboundType): Promise<DecodedBatch> {
     let slot: Slot | undefined
     for (const s of this.slots) if (s.alive && (!slot || s.pending.size < slot.pending.size)) slot = s
-    const answer = slot ? this.send(slot, raws, now, expectedType) : Promise.resolve(raws.map((r) => decodeToRow(r, now, expectedType)))
+    const answer = slot ? this.send(slot, raws, now, expectedType) : Promise.resolve({ rows: raws.map((r) => decodeToRow(r, now, expectedType)) })
     const inOrder = this.lastHandedOver.then(() => answer)
     this.lastHandedOver = inOrder.catch(() => undefined)
     return inOrder
@@ -76,7 +90,7 @@ export class DecodePool {
     await Promise.all(this.slots.map((s) => s.worker.terminate()))
   }
 
-  private send(slot: Slot, raws: Uint8Array[], now: number, expectedType?: InboundType): Promise<DecodedRow[]> {
+  private send(slot: Slot, raws: Uint8Array[], now: number, expectedType?: InboundType): Promise<DecodedBatch> {
     // One buffer for the batch, moved to the worker (not copied again). Messages that lie close together in one
     // buffer (a Kafka fetch response, a file's read) are copied as one run, with what lies between them.
     const starts = new Uint32Array(raws.length)
@@ -100,11 +114,26 @@ export class DecodePool {
     let at = 0
     for (const r of runs) (bytes.set(r, at), (at += r.byteLength))
     const id = this.sequence++
-    const answer = new Promise<DecodedRow[]>((resolve, reject) => slot.pending.set(id, { resolve, reject }))
+    const answer = new Promise<DecodedBatch>((resolve, reject) => slot.pending.set(id, { resolve, reject }))
     const request: DecodeRequest = { id, bytes, starts, ends, now, expectedType }
     slot.worker.postMessage(request, [bytes.buffer, starts.buffer, ends.buffer])
     return answer
   }
+}
+
+function fromAnswer(a: DecodeAnswer): DecodedBatch {
+  const n = a.others.length + (a.usage?.index.length ?? 0)
+  const rows = new Array<DecodedRow>(n)
+  for (const [i, d] of a.others) rows[i] = fromWire(d)
+  const u = a.usage
+  if (!u) return { rows }
+  const body = Buffer.from(u.body.buffer, u.body.byteOffset, u.body.byteLength)
+  for (let j = 0; j < u.index.length; j++) {
+    const eventId = u.ids.slice(j === 0 ? 0 : u.idEnds[j - 1], u.idEnds[j])
+    const row: Row = usageRowIn(eventId, u.occurredAtMs[j]!, body, j === 0 ? 0 : u.ends[j - 1]! + 1, u.ends[j]!)
+    rows[u.index[j]!] = { ok: true, type: 'key.usage', row }
+  }
+  return { rows, usageBody: { body, digest: u.digest, rows: u.index.length } }
 }
 
 function fromWire(d: WireDecoded): DecodedRow {

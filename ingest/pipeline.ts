@@ -33,6 +33,8 @@ export interface MessageBatch {
   readonly length: number
   raw(index: number): Uint8Array
   message(index: number): InboundMessage
+  /** Told once every message is decoded: what is held of them until the batch is stored may shrink now. */
+  pack?(): Promise<void>
 }
 
 function arrayBatch(messages: readonly InboundMessage[]): MessageBatch {
@@ -130,10 +132,12 @@ export class IngestPipeline {
     const byTable = new Map<TableName, { rows: Row[]; indices: number[]; type: InboundType }>()
     const rejections: Rejection[] = []
     let decoded: DecodedRow[]
+    /** The insert body of the batch's usage rows, when a worker made it. */
+    let usageBody: { body: Buffer; digest: string; rows: number } | undefined
     if (this.pool?.worthIt(batch.length)) {
       const raws: Uint8Array[] = []
       for (let i = 0; i < batch.length; i++) raws.push(batch.raw(i))
-      decoded = await this.pool.decode(raws, now, expectedType)
+      ;({ rows: decoded, usageBody } = await this.pool.decodeBatch(raws, now, expectedType))
     } else {
       decoded = []
       for (let i = 0; i < batch.length; i++) decoded.push(decodeToRow(batch.raw(i), now, expectedType))
@@ -151,9 +155,13 @@ export class IngestPipeline {
       group.indices.push(i)
     }
     decoded = [] // its wrappers are not kept while the rows are stored
+    // Compressed beside the write; a batch that cannot be packed keeps its messages as they came.
+    void batch.pack?.().catch(() => undefined)
     const groups = [...byTable.entries()]
     for (const [table, g] of groups) for (const listener of this.decodedListeners) listener(table, g.rows)
-    const writes: Promise<WriteResult>[] = groups.map(([table, g]) => this.writer.write(table, g.rows, owned))
+    // The worker's body holds exactly the batch's valid usage rows, in the order grouped here.
+    const prepared = (table: TableName, rows: Row[]) => (table === 'key_usage' && usageBody?.rows === rows.length ? usageBody : undefined)
+    const writes: Promise<WriteResult>[] = groups.map(([table, g]) => this.writer.write(table, g.rows, owned, prepared(table, g.rows)))
     const [results] = await Promise.all([Promise.all(writes), this.recordRejections(rejections)])
 
     const summary = emptySummary()

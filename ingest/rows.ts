@@ -64,7 +64,7 @@ class UsageRow implements Row {
   constructor(
     readonly eventId: string,
     readonly occurredAtMs: number,
-    line: string,
+    line: string | undefined,
   ) {
     this.text = line
   }
@@ -85,6 +85,13 @@ class UsageRow implements Row {
     const cells = this.line.split('\t')
     return Object.fromEntries(USAGE_COLUMNS.map((c, i) => [c, USAGE_NUMBERS.has(c) ? Number(cells[i]) : unescapeTsv(cells[i]!)]))
   }
+}
+
+/** A key_usage row whose line is already these bytes of an insert body (made on a decode worker). */
+export function usageRowIn(eventId: string, occurredAtMs: number, body: Buffer, start: number, end: number): Row {
+  const row = new UsageRow(eventId, occurredAtMs, undefined)
+  row.keepIn(body, start, end)
+  return row
 }
 
 /** A row again after a trip to a worker thread (structured clone keeps its fields, not its class). */

@@ -190,11 +190,15 @@ export class EventWriter {
     this.limiter = new Semaphore(options.maxInflight)
   }
 
-  /** Queues rows of one table; resolves once they are stored (or found already stored, or refused for good). */
-  write(table: TableName, rows: Row[], owned?: () => boolean): Promise<WriteResult> {
+  /**
+   * Queues rows of one table; resolves once they are stored (or found already stored, or refused for good).
+   * @param made the rows' insert body and its digest when it was made already (by a decode worker): their lines
+   *   in order, each kept as its bytes there
+   */
+  write(table: TableName, rows: Row[], owned?: () => boolean, made?: { body: Buffer; digest: string }): Promise<WriteResult> {
     if (rows.length === 0) return Promise.resolve({ stored: 0, duplicates: 0, conflicts: [], rejected: [] })
     const state = this.state(table)
-    const prepared = rows[0]!.keepIn ? prepareArriving(rows) : undefined
+    const prepared = made ? { body: made.body, digest: made.digest } : rows[0]!.keepIn ? prepareArriving(rows) : undefined
     if (state.waiters.length === 0) {
       state.firstAt = performance.now()
       state.firstDay = Infinity

@@ -6,6 +6,8 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { existsSync } from 'node:fs'
 import { usageEvent } from '../contract/synthetic.ts'
 import { auth, keyNamed, lifecycle, ratelimited, usage } from '../contract/builders.ts'
+import { createHash } from 'node:crypto'
+import { encodeLines } from '../clickhouse/lines.ts'
 import { DecodePool } from '../ingest/decode-pool.ts'
 import { decodeToRow, type DecodedRow } from '../ingest/decode.ts'
 import { contractDir, contractExamples } from './helpers.ts'
@@ -86,6 +88,23 @@ describe('DecodePool', () => {
       // With the topic's type too: a message of another type is wrong_topic, as inline.
       expect((await pool.decode(raws, NOW, 'key.usage')).map(comparable), layout).toEqual(raws.map((r) => comparable(decodeToRow(r, NOW, 'key.usage'))))
     }
+  })
+
+  it("hands the valid usage rows back as their insert body: the writer's body and token for the same rows", async () => {
+    const pool = new DecodePool(1)
+    pools.push(pool)
+    const raws = layouts(lines()).records
+    const { rows, usageBody } = await pool.decodeBatch(raws, NOW)
+    const usageRows = rows.flatMap((d) => (d.ok && d.type === 'key.usage' ? [d.row] : []))
+    expect(usageRows.length).toBeGreaterThan(600)
+    expect(usageBody?.rows).toBe(usageRows.length)
+    // What the writer makes of rows that arrive (ingest/writer.ts: encodeLines, then SHA-256 of the body).
+    const { body } = encodeLines(usageRows.map((r) => r.line!))
+    expect(usageBody!.body.equals(body)).toBe(true)
+    expect(usageBody!.digest).toBe(createHash('sha256').update(body).digest('hex'))
+    // Each row's line is read from the body, and is the line inline decoding builds.
+    const inline = raws.map((r) => decodeToRow(r, NOW)).flatMap((d) => (d.ok && d.type === 'key.usage' ? [d.row.line] : []))
+    expect(usageRows.map((r) => r.line)).toEqual(inline)
   })
 
   it('answers batches in the order they were sent, whichever worker finishes first', async () => {
