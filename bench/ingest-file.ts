@@ -1,0 +1,108 @@
+// npm run bench:ingest:file — `keywatch ingest FILE` of 1,000,000 contract-shaped key.usage lines, from process
+// start to its summary, as an operator runs it: once with events of the last hour (live traffic written to a
+// file), once with the same count spread over 30 days (a replay of history). The reference, in the same run, is
+// the floor of any JS pipeline: one Node process reading the same file line by line and JSON.parsing each line.
+// Args: --lines=N (default 1,000,000).
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createWriteStream, readFileSync, rmSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { queryRows } from '../clickhouse/client.ts'
+import { usageEvent } from '../contract/synthetic.ts'
+import { nodeBinary, openTestStorage, repoRoot, tempDir } from '../test/helpers.ts'
+import { runtimeEnv } from '../bin/runtime-env.js'
+
+const LINES = Number(process.argv.find((a) => a.startsWith('--lines='))?.split('=')[1] ?? 1_000_000)
+const TARGET = 60_000
+const dir = tempDir('keywatch-bench-file-')
+
+async function writeFile(name: string, spanMs: number): Promise<string> {
+  const file = join(dir, name)
+  const out = createWriteStream(file)
+  const now = Date.now()
+  let buffer = ''
+  for (let i = 0; i < LINES; i++) {
+    buffer += JSON.stringify(usageEvent(i, { keys: 10_000, accounts: 500, from: now - spanMs, to: now - 60_000 })) + '\n'
+    if (buffer.length >= 1 << 20) {
+      if (!out.write(buffer)) await once(out, 'drain')
+      buffer = ''
+    }
+  }
+  out.end(buffer)
+  await once(out, 'finish')
+  return file
+}
+
+/** The floor: read the file and JSON.parse every line, in a fresh process. */
+async function reference(file: string): Promise<number> {
+  const script = `
+    const { createReadStream } = require('node:fs'); const t = performance.now(); let n = 0, carry = ''
+    createReadStream(${JSON.stringify(file)}, { encoding: 'utf8', highWaterMark: 1 << 20 })
+      .on('data', (s) => { const parts = (carry + s).split('\\n'); carry = parts.pop(); for (const l of parts) if (l) { JSON.parse(l); n++ } })
+      .on('end', () => console.log(JSON.stringify({ n, ms: performance.now() - t })))`
+  const started = performance.now()
+  const child = spawn(nodeBinary, ['-e', script])
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  await once(child, 'close')
+  if (JSON.parse(out).n !== LINES) throw new Error(`reference read ${out}`)
+  return (performance.now() - started) / 1000
+}
+
+/** `keywatch ingest FILE --json` on a fresh data directory: seconds from process start, peak RSS, the summary. */
+async function keywatchIngest(file: string): Promise<{ seconds: number; peakMiB: number; accepted: number; stored: number; rollup: number }> {
+  const dataDir = tempDir('keywatch-bench-file-data-')
+  const env = runtimeEnv({ PATH: process.env.PATH, KEYWATCH_DATA_DIR: dataDir, LOG_LEVEL: 'warn' })
+  const started = performance.now()
+  const child = spawn(nodeBinary, [join(repoRoot, 'bin', 'keywatch.js'), 'ingest', file, '--json'], { env, cwd: repoRoot })
+  let peakKiB = 0
+  const sampler = setInterval(() => {
+    const m = /VmHWM:\s+(\d+) kB/.exec(read(`/proc/${child.pid}/status`))
+    if (m) peakKiB = Math.max(peakKiB, Number(m[1]))
+  }, 100)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (d) => (stdout += d))
+  child.stderr.on('data', (d) => (stderr += d))
+  const [code] = (await once(child, 'close')) as [number | null]
+  clearInterval(sampler)
+  const seconds = (performance.now() - started) / 1000
+  if (code !== 0) throw new Error(`keywatch ingest exited with ${code}:\n${stderr}`)
+  const summary = JSON.parse(stdout) as { accepted: number }
+  const storage = await openTestStorage(dataDir)
+  const [stored] = await queryRows<{ n: string }>(storage.client, 'SELECT count() AS n FROM key_usage')
+  const [rollup] = await queryRows<{ n: string }>(storage.client, 'SELECT sum(requests) AS n FROM key_usage_hourly')
+  await storage.close()
+  rmSync(dataDir, { recursive: true, force: true })
+  return { seconds, peakMiB: peakKiB / 1024, accepted: summary.accepted, stored: Number(stored!.n), rollup: Number(rollup!.n) }
+}
+
+function read(path: string): string {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch {
+    return ''
+  }
+}
+
+const fmt = (n: number) => Math.round(n).toLocaleString('en').padStart(9)
+let exact = true
+try {
+  const runs: [string, string][] = [
+    ['events of the last hour', await writeFile('recent.ndjson', 3_600_000)],
+    ['spread over 30 days', await writeFile('history.ndjson', 30 * 86_400_000)],
+  ]
+  console.log(`\nbench:ingest:file  keywatch ingest of ${LINES.toLocaleString('en')} key.usage lines (${(statSync(runs[0]![1]).size / 1e6).toFixed(0)} MB), 2 cores, embedded engine`)
+  for (const [label, file] of runs) {
+    const ref = await reference(file)
+    const r = await keywatchIngest(file)
+    exact &&= r.accepted === LINES && r.stored === LINES && r.rollup === LINES
+    console.log(`  ${label.padEnd(24)} ${fmt(LINES / r.seconds)} lines/s  (${r.seconds.toFixed(1)} s from process start)  peak RSS ${r.peakMiB.toFixed(0)} MiB  ` +
+      `stored ${r.stored.toLocaleString('en')}, hourly rollup ${r.rollup.toLocaleString('en')} ${r.stored === LINES && r.rollup === LINES ? '(exact)' : '(MISMATCH)'}`)
+    console.log(`    reference: read + JSON.parse   ${fmt(LINES / ref)} lines/s  (${ref.toFixed(1)} s)   ratio ${(ref / r.seconds).toFixed(2)}`)
+  }
+  console.log(`  target: >= ${TARGET.toLocaleString('en')} lines/s; load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`)
+} finally {
+  rmSync(dir, { recursive: true, force: true })
+}
+if (!exact) process.exitCode = 1
