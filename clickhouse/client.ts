@@ -11,6 +11,14 @@ import { encodeLines } from './lines.ts'
 
 export { encodeLines }
 
+/**
+ * The embedded engine shares this process's cores with the JS thread that feeds it, and under load that thread
+ * is what limits ingest: an insert reads its file and runs its views on one thread, leaving the other core to the
+ * JS thread (bench:ingest, alternately: 71,171 and 63,676 events/s against 50,392 and 60,426 with the engine's
+ * default of a thread per core). A server has cores of its own and keeps its defaults.
+ */
+const ONE_CORE_INSERT = { max_threads: 1, max_insert_threads: '1' } as const
+
 export type { ClickHouseClient }
 
 /** The embedded data directory is owned by another process (one engine per directory). */
@@ -132,7 +140,7 @@ export async function openStorage(config: ClickHouseConfig): Promise<Storage> {
       await client.command({
         query: `INSERT INTO ${identifier(table)} (${columns.map(identifier).join(', ')}) SELECT * FROM file({file:String}, {format:String}, {structure:String})`,
         query_params: { file, format: lineFormat(format), structure: await structure },
-        clickhouse_settings: settings,
+        clickhouse_settings: { ...settings, ...ONE_CORE_INSERT },
       })
     } finally {
       rmSync(file, { force: true })
