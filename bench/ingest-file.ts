@@ -9,7 +9,7 @@ import { createWriteStream, readFileSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { queryRows } from '../clickhouse/client.ts'
 import { usageEvent } from '../contract/synthetic.ts'
-import { nodeBinary, openTestStorage, repoRoot, tempDir } from '../test/helpers.ts'
+import { closedOutput, nodeBinary, openTestStorage, repoRoot, tempDir } from '../test/helpers.ts'
 import { runtimeEnv } from '../bin/runtime-env.js'
 
 const LINES = Number(process.argv.find((a) => a.startsWith('--lines='))?.split('=')[1] ?? 1_000_000)
@@ -41,11 +41,8 @@ async function reference(file: string): Promise<number> {
       .on('data', (s) => { const parts = (carry + s).split('\\n'); carry = parts.pop(); for (const l of parts) if (l) { JSON.parse(l); n++ } })
       .on('end', () => console.log(JSON.stringify({ n, ms: performance.now() - t })))`
   const started = performance.now()
-  const child = spawn(nodeBinary, ['-e', script])
-  let out = ''
-  child.stdout.on('data', (d) => (out += d))
-  await once(child, 'close')
-  if (JSON.parse(out).n !== LINES) throw new Error(`reference read ${out}`)
+  const { stdout } = await closedOutput(spawn(nodeBinary, ['-e', script]))
+  if (JSON.parse(stdout).n !== LINES) throw new Error(`reference read ${stdout}`)
   return (performance.now() - started) / 1000
 }
 
@@ -60,11 +57,7 @@ async function keywatchIngest(file: string): Promise<{ seconds: number; peakMiB:
     const m = /VmHWM:\s+(\d+) kB/.exec(read(`/proc/${child.pid}/status`))
     if (m) peakKiB = Math.max(peakKiB, Number(m[1]))
   }, 100)
-  let stdout = ''
-  let stderr = ''
-  child.stdout.on('data', (d) => (stdout += d))
-  child.stderr.on('data', (d) => (stderr += d))
-  const [code] = (await once(child, 'close')) as [number | null]
+  const { code, stdout, stderr } = await closedOutput(child)
   clearInterval(sampler)
   const seconds = (performance.now() - started) / 1000
   if (code !== 0) throw new Error(`keywatch ingest exited with ${code}:\n${stderr}`)

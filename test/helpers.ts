@@ -109,6 +109,16 @@ function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   return { ...env, LOG_LEVEL: 'info', ...extra }
 }
 
+/** Everything a child process prints, and its exit code, once it has closed. */
+export async function closedOutput(child: ChildProcess): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = ''
+  let stderr = ''
+  child.stdout?.on('data', (d) => (stdout += d))
+  child.stderr?.on('data', (d) => (stderr += d))
+  const code = await new Promise<number | null>((resolveCode) => child.once('close', (c: number | null) => resolveCode(c)))
+  return { code, stdout, stderr }
+}
+
 /** A whole keywatch runtime in this process on a fresh data directory (services not started). */
 export function openTestRuntime(env: Record<string, string> = {}): Promise<Runtime> {
   return openRuntime(parseConfig({ KEYWATCH_DATA_DIR: tempDir(), LOG_LEVEL: 'silent', ...env }), pino({ level: 'silent' }))

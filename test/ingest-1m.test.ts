@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { queryRows, type Storage } from '../clickhouse/client.ts'
 import { usageEvent } from '../contract/synthetic.ts'
-import { count, nodeBinary, openTestStorage, repoRoot, tempDir } from './helpers.ts'
+import { closedOutput, count, nodeBinary, openTestStorage, repoRoot, tempDir } from './helpers.ts'
 
 const LINES = 1_000_000
 const KEYS = 10_000
@@ -115,11 +115,7 @@ describe.skipIf(process.platform !== 'linux')('ingest of a 1,000,000-line file',
       if (!rss || !hwm) return
       samples.push({ pos: filePosition(keywatchPid, realFile), rssMb: Number(rss[1]) / 1024, hwmMb: Number(hwm[1]) / 1024 })
     }, 250)
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => (stderr += d))
-    const [code] = (await once(child, 'close')) as [number | null]
+    const { code, stdout, stderr } = await closedOutput(child)
     clearInterval(sampler)
     const seconds = (performance.now() - started) / 1000
     const sampledPeakMb = Math.max(0, ...samples.map((s) => s.hwmMb))
