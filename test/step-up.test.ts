@@ -9,6 +9,7 @@ import { buildApi } from '../api/server.ts'
 import { apiDepsOf, type Runtime } from '../app/runtime.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { bearer, openTestRuntime, runCli, tempDir } from './helpers.ts'
+import { waitFor } from './kafka/admin.ts'
 
 const env = { KEYWATCH_DATA_DIR: tempDir() }
 let rt: Runtime
@@ -68,7 +69,11 @@ describe('a sensitive action', () => {
     const again = await resume(otp(good))
     expect(again.statusCode).toBe(401)
     expect(again.json().error.message).toContain('used already')
-    const trail = await queryRows<{ action: string; outcome: string; detail: string }>(rt.storage.client, "SELECT action, outcome, detail FROM audit_trail WHERE actor = 'token:ops-otp' ORDER BY seq")
+    // The audit hook writes its record once the response is sent (onResponse), so the last one can trail inject().
+    const trail = await waitFor('the four records of the step-up', async () => {
+      const rows = await queryRows<{ action: string; outcome: string; detail: string }>(rt.storage.client, "SELECT action, outcome, detail FROM audit_trail WHERE actor = 'token:ops-otp' ORDER BY seq")
+      return rows.length >= 4 && rows
+    }, 10_000)
     expect(trail.map((r) => [r.action, r.outcome, (JSON.parse(r.detail) as { step_up: string }).step_up])).toEqual([
       ['response.resume', 'denied', 'missing'],
       ['response.resume', 'denied', 'invalid'],
