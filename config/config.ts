@@ -60,8 +60,8 @@ const envSchema = z.object({
   INGEST_KAFKA_PENDING_BATCHES: positiveInt.default(12),
   INGEST_HANDOVER_MS: z.coerce.number().int().min(0).max(60_000).default(3_000),
   INGEST_DEDUP_INDEX_IDS: z.coerce.number().int().min(0).max(50_000_000).default(1_000_000),
-  // Worker threads decoding large batches (0: on the main thread). On 2 cores the engine is what ingest waits for,
-  // and a worker's heap costs more memory than it gains (bench:ingest: +5% for +150 MB): off there by default.
+  // Worker threads decoding large batches (0: on the main thread). On 2 cores a batch's trip to a worker costs more
+  // CPU than it frees, and its heap 120-200 MB (bench:ingest: no faster with one worker): off there by default.
   INGEST_DECODE_WORKERS: z.coerce.number().int().min(0).max(64).default(availableParallelism() >= 4 ? availableParallelism() - 2 : 0),
 
   DETECTOR_PARAMS: json('must be JSON, e.g. {"abuse.ratelimit_spike":{"min_429s":80}}')

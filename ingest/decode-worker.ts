@@ -44,12 +44,12 @@ export interface DecodeAnswer {
   others: [number, WireDecoded][]
 }
 
-export function toWire(d: DecodedRow): WireDecoded {
+function toWire(d: DecodedRow): WireDecoded {
   return d.ok ? [d.type, d.row.eventId, d.row.occurredAtMs, d.row.line ?? d.row.values] : { reason: d.reason, detail: d.detail, eventId: d.eventId, eventType: d.eventType }
 }
 
 /** One request's answer, and the buffers it can hand over rather than copy. */
-export function answer(req: DecodeRequest): { answer: DecodeAnswer; transfer: ArrayBuffer[] } {
+function answer(req: DecodeRequest): { answer: DecodeAnswer; transfer: ArrayBuffer[] } {
   const others: [number, WireDecoded][] = []
   const lines: string[] = []
   const ids: string[] = []

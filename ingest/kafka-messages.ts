@@ -122,5 +122,4 @@ export class KafkaMessages implements MessageBatch {
     this.unpacked = undefined
     this.packed = { frame, spans }
   }
-
 }
