@@ -93,6 +93,8 @@ export interface IngestResult {
   summary: IngestSummary
   rejections: Rejection[]
   conflicts: Rejection[]
+  /** The earliest and latest occurred_at of the batch's valid events, in ms (undefined when it had none). */
+  occurredBetween?: [number, number]
 }
 
 export class IngestPipeline {
@@ -142,12 +144,16 @@ export class IngestPipeline {
       decoded = []
       for (let i = 0; i < batch.length; i++) decoded.push(decodeToRow(batch.raw(i), now, expectedType))
     }
+    let earliest = Infinity
+    let latest = -Infinity
     for (let i = 0; i < batch.length; i++) {
       const d = decoded[i]!
       if (!d.ok) {
         rejections.push({ message: batch.message(i), reason: d.reason, detail: d.detail, eventId: d.eventId, eventType: d.eventType })
         continue
       }
+      if (d.row.occurredAtMs < earliest) earliest = d.row.occurredAtMs
+      if (d.row.occurredAtMs > latest) latest = d.row.occurredAtMs
       const table = TABLE_OF[d.type]
       let group = byTable.get(table)
       if (!group) byTable.set(table, (group = { rows: [], indices: [], type: d.type }))
@@ -182,7 +188,7 @@ export class IngestPipeline {
     summary.rejected = rejections.length
     for (const r of rejections) summary.rejectedByReason[r.reason] = (summary.rejectedByReason[r.reason] ?? 0) + 1
     for (const listener of this.ingestedListeners) listener(summary, rejections)
-    return { summary, rejections, conflicts }
+    return { summary, rejections, conflicts, occurredBetween: latest >= earliest ? [earliest, latest] : undefined }
   }
 
   private async recordRejections(rejections: Rejection[]): Promise<void> {
