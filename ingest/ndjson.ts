@@ -21,8 +21,8 @@ const MAX_REPORTED_ERRORS = 20
 const NEWLINE = 0x0a
 const LINES_PER_CHUNK = 5_000
 // Lines in flight: the writer's group commit makes inserts of what came in while the one before was in the engine.
-// 120,000 while the events seen fall within two days (a file of recent traffic): 1M lines in 16.1 s against 18.7 s
-// at 60,000, at the same peak RSS (906 MiB). 60,000 once they spread wider (a replay of history), where every
+// 120,000 while the events seen fall within two days (a file of recent traffic): 1M lines in 16.0-18.5 s against
+// 18.7 s at 60,000, peak RSS 931-966 MiB against 907. 60,000 once they spread wider (a replay of history), where every
 // insert writes a part per day and table: 24 chunks were no faster there (25.3 s) and peaked at 1,103 MiB against
 // 1,012 at 12. Fewer than 12 made smaller inserts that cost the engine twice as much per row.
 const CHUNKS_IN_FLIGHT = { recent: 24, spread: 12 }
