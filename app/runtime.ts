@@ -18,7 +18,6 @@ import type { Fixtures } from '../detectors/detector.ts'
 import { IncidentStore } from '../incidents/store.ts'
 import { FindingStore, type Recorded } from '../detectors/findings.ts'
 import type { FindingDraft } from '../detectors/detector.ts'
-import { KafkaProducer } from '../ingest/kafka.ts'
 import type { ApiDeps } from '../api/server.ts'
 import { Metrics } from '../api/metrics.ts'
 import { TokenStore } from '../api/tokens.ts'
@@ -394,7 +393,9 @@ function commandSender(config: Config, log: Logger): CommandSender {
   if (transport === 'http' && keyService) return new HttpCommandSender(new KeyServiceClient({ baseUrl: keyService.url, secret: keyService.secret }))
   if (transport === 'kafka' && config.kafka) {
     const kafka = config.kafka
-    return new KafkaCommandSender(() => KafkaProducer.connect({ brokers: kafka.brokers, clientId: `${kafka.clientId}-commands` }, log), config.topics.commands)
+    // kafkajs loads with the first command sent, not with every command-line run.
+    const connect = async () => (await import('../ingest/kafka.ts')).KafkaProducer.connect({ brokers: kafka.brokers, clientId: `${kafka.clientId}-commands` }, log)
+    return new KafkaCommandSender(connect, config.topics.commands)
   }
   return new NoCommandSender()
 }

@@ -3,7 +3,8 @@
 // events in 100,000-row blocks through `INSERT … SELECT FROM file()` (the writer's path), background merges stopped
 // so that only the insert is counted; CPU of the whole process (the engine runs in it), best of 5, so compare the
 // rows of one run with each other.
-// Args: --rows=N (default 300,000), --block=N (default 100,000).
+// Args: --rows=N (default 300,000), --block=N (default 100,000), --days=N (occurred_at spread over N days, as in a
+// replay of history; default: the last hour).
 import { rmSync, writeFileSync } from 'node:fs'
 import type { ClickHouseSettings } from '@clickhouse/client'
 import { join } from 'node:path'
@@ -16,9 +17,10 @@ import { openTestStorage, tempDir } from '../test/helpers.ts'
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback)
 const N = arg('rows', 300_000)
 const BLOCK = arg('block', 100_000)
+const SPAN_MS = process.argv.some((a) => a.startsWith('--days=')) ? arg('days', 1) * 86_400_000 : 3_600_000
 const COLUMNS = LINE_OF.key_usage!.columns
 const now = Date.now()
-const made = Array.from({ length: N }, (_, i) => toRow('key.usage', usageEvent(i, { keys: 10_000, accounts: 500, from: now - 3_600_000, to: now - 60_000 })))
+const made = Array.from({ length: N }, (_, i) => toRow('key.usage', usageEvent(i, { keys: 10_000, accounts: 500, from: now - SPAN_MS, to: now - 60_000 })))
 const tsv = made.map((r) => r.line!) // what keywatch builds (ingest/rows.ts)
 const json = made.map((r) => JSON.stringify(Object.values(r.values))) // the same cells as JSONCompactEachRow
 const bodies = (lines: string[]) => Array.from({ length: Math.ceil(N / BLOCK) }, (_, b) => encodeLines(lines.slice(b * BLOCK, (b + 1) * BLOCK)).body)
@@ -66,7 +68,7 @@ async function cost(table: string, format: string, fileStructure: string, blocks
 
 const rows: [string, number][] = []
 const row = (label: string, us: number) => (rows.push([label, us]), console.log(`  ${label.padEnd(66)} ${us.toFixed(2).padStart(6)} µs/row`))
-console.log(`bench:engine  ${N.toLocaleString('en')} key_usage rows in ${BLOCK.toLocaleString('en')}-row blocks, merges stopped, process CPU per row\n`)
+console.log(`bench:engine  ${N.toLocaleString('en')} key_usage rows over ${SPAN_MS / 3_600_000} hours in ${BLOCK.toLocaleString('en')}-row blocks, merges stopped, process CPU per row\n`)
 console.log('parse: into a Null table (nothing stored, no views)')
 row('lines only (LineAsString): the floor of reading the file', await cost('lines_null', 'LineAsString', 'line String', jsonBodies))
 row('JSONCompactEachRow, LowCardinality columns parsed as such', await cost('usage_null', 'JSONCompactEachRow', AS_IN_TABLE, jsonBodies))

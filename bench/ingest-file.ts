@@ -2,7 +2,7 @@
 // start to its summary, as an operator runs it: once with events of the last hour (live traffic written to a
 // file), once with the same count spread over 30 days (a replay of history). The reference, in the same run, is
 // the floor of any JS pipeline: one Node process reading the same file line by line and JSON.parsing each line.
-// Args: --lines=N (default 1,000,000).
+// Args: --lines=N (default 1,000,000), --only=recent|history (one of the two files).
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { createWriteStream, readFileSync, rmSync, statSync } from 'node:fs'
@@ -13,6 +13,7 @@ import { closedOutput, nodeBinary, openTestStorage, repoRoot, tempDir } from '..
 import { runtimeEnv } from '../bin/runtime-env.js'
 
 const LINES = Number(process.argv.find((a) => a.startsWith('--lines='))?.split('=')[1] ?? 1_000_000)
+const ONLY = process.argv.find((a) => a.startsWith('--only='))?.split('=')[1]
 const TARGET = 60_000
 const dir = tempDir('keywatch-bench-file-')
 
@@ -49,7 +50,7 @@ async function reference(file: string): Promise<number> {
 /** `keywatch ingest FILE --json` on a fresh data directory: seconds from process start, peak RSS, the summary. */
 async function keywatchIngest(file: string): Promise<{ seconds: number; peakMiB: number; accepted: number; stored: number; rollup: number }> {
   const dataDir = tempDir('keywatch-bench-file-data-')
-  const env = runtimeEnv({ PATH: process.env.PATH, KEYWATCH_DATA_DIR: dataDir, LOG_LEVEL: 'warn' })
+  const env = runtimeEnv({ PATH: process.env.PATH, KEYWATCH_DATA_DIR: dataDir, LOG_LEVEL: 'warn', ...passedThrough() })
   const started = performance.now()
   const child = spawn(nodeBinary, [join(repoRoot, 'bin', 'keywatch.js'), 'ingest', file, '--json'], { env, cwd: repoRoot })
   let peakKiB = 0
@@ -70,6 +71,11 @@ async function keywatchIngest(file: string): Promise<{ seconds: number; peakMiB:
   return { seconds, peakMiB: peakKiB / 1024, accepted: summary.accepted, stored: Number(stored!.n), rollup: Number(rollup!.n) }
 }
 
+/** INGEST_* and CLICKHOUSE_* settings of the bench's own environment, for keywatch to try. */
+function passedThrough(): Record<string, string> {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(INGEST|CLICKHOUSE)_/.test(k))) as Record<string, string>
+}
+
 function read(path: string): string {
   try {
     return readFileSync(path, 'utf8')
@@ -81,10 +87,9 @@ function read(path: string): string {
 const fmt = (n: number) => Math.round(n).toLocaleString('en').padStart(9)
 let exact = true
 try {
-  const runs: [string, string][] = [
-    ['events of the last hour', await writeFile('recent.ndjson', 3_600_000)],
-    ['spread over 30 days', await writeFile('history.ndjson', 30 * 86_400_000)],
-  ]
+  const runs: [string, string][] = []
+  if (ONLY !== 'history') runs.push(['events of the last hour', await writeFile('recent.ndjson', 3_600_000)])
+  if (ONLY !== 'recent') runs.push(['spread over 30 days', await writeFile('history.ndjson', 30 * 86_400_000)])
   console.log(`\nbench:ingest:file  keywatch ingest of ${LINES.toLocaleString('en')} key.usage lines (${(statSync(runs[0]![1]).size / 1e6).toFixed(0)} MB), 2 cores, embedded engine`)
   for (const [label, file] of runs) {
     const ref = await reference(file)

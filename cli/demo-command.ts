@@ -5,10 +5,7 @@ import { randomBytes, randomUUID } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import type { Command } from 'commander'
-import { buildApi } from '../api/server.ts'
 import { loadEnv, parseConfig } from '../config/config.ts'
-import { lifecycleEventFor, startStandInKeyService } from '../demo/key-service.ts'
-import { demoGithubKey, DemoPlatform } from '../demo/platform.ts'
 import { sha256 } from '../contract/builders.ts'
 import { ExitError } from './context.ts'
 import { announceInstance } from './instance.ts'
@@ -27,6 +24,12 @@ function freshDemoDir(dir: string): void {
 }
 
 async function runDemo(opts: { dataDir: string; accounts: string }): Promise<void> {
+  // The demo's own parts and the API server load only when the demo runs (cli/main.ts: commands start lean).
+  const [{ buildApi }, { lifecycleEventFor, startStandInKeyService }, { demoGithubKey, DemoPlatform }] = await Promise.all([
+    import('../api/server.ts'),
+    import('../demo/key-service.ts'),
+    import('../demo/platform.ts'),
+  ])
   const dataDir = resolve(opts.dataDir)
   freshDemoDir(dataDir)
   const github = demoGithubKey()

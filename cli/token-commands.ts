@@ -1,6 +1,5 @@
 // `keywatch token create|list|revoke`: API tokens, through the running instance or on the data directly.
 import type { Command } from 'commander'
-import QRCode from 'qrcode'
 import type { Enrolment } from '../api/step-up.ts'
 import type { TokenInfo } from '../api/tokens.ts'
 import { ROLES, type Role } from '../core/roles.ts'
@@ -34,6 +33,7 @@ async function create(opts: { role: string; name?: string; json?: boolean; totp?
   process.stderr.write(`token ${created.info.token_id} "${created.info.name}" (${created.info.role}): shown once, keep it now\n`)
   if (created.totp) {
     // The enrolment, shown once: scan the code with an authenticator app, or type the secret in.
+    const { default: QRCode } = await import('qrcode')
     const qr = await QRCode.toString(created.totp.uri, { type: 'terminal', small: true, errorCorrectionLevel: 'M' })
     process.stderr.write(`\nScan this with your authenticator app (sensitive actions ask for its code):\n${qr}\n${created.totp.uri}\nsecret: ${created.totp.secret}\n`)
   }
