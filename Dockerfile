@@ -10,7 +10,7 @@ ENV HOST=0.0.0.0 PORT=8080 KEYWATCH_DATA_DIR=/data
 # malloc keeps large blocks for reuse, on huge pages, and V8's young generation stays small (bin/runtime-env.js says
 # why; test/compose.test.ts keeps the two equal).
 ENV GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456
-ENV NODE_OPTIONS=--max-semi-space-size=16
+ENV NODE_OPTIONS="--max-semi-space-size=16 --disable-warning=TimeoutNegativeWarning"
 VOLUME /data
 EXPOSE 8080
 ENTRYPOINT ["node", "bin/keywatch.js"]

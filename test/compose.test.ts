@@ -32,7 +32,7 @@ describe('docker-compose.yml', () => {
     // The image starts keywatch on Node 24 directly: the settings bin/keywatch.js would give it are set there.
     const dockerfile = readFileSync(join(repoRoot, 'Dockerfile'), 'utf8')
     expect(dockerfile).toContain(`ENV GLIBC_TUNABLES=${MALLOC_TUNABLES}\n`)
-    expect(dockerfile).toContain(`ENV NODE_OPTIONS=${NODE_FLAGS}\n`)
+    expect(dockerfile).toContain(`ENV NODE_OPTIONS="${NODE_FLAGS}"\n`)
     expect(services.grafana!.environment!.GF_INSTALL_PLUGINS).toContain('grafana-clickhouse-datasource')
     expect(services.mail!.image).toBeDefined()
   })
