@@ -13,7 +13,6 @@ import { SEVERITY_RANK, type FindingDraft, type Fixtures } from '../detectors/de
 import { DetectionEngine } from '../detectors/engine.ts'
 import { checkFixtures } from '../detectors/fixture-check.ts'
 import { FindingStore } from '../detectors/findings.ts'
-import { BUILTIN_FIXTURES } from '../detectors/fixtures/index.ts'
 import { DETECTORS } from '../detectors/index.ts'
 import { ingestNdjson } from '../ingest/ndjson.ts'
 import { IngestPipeline } from '../ingest/pipeline.ts'
@@ -41,7 +40,9 @@ async function runTest(dir: string | undefined, opts: { customOnly?: boolean; js
       out(`FAIL  ${p.file.padEnd(40)} ${p.kind === 'refused' ? 'refused' : 'invalid'}: ${p.field}: ${p.message}`)
     }
     const detectors = [...(opts.customOnly ? [] : DETECTORS), ...custom.detectors]
-    const fixtures: Record<string, Fixtures> = { ...(opts.customOnly ? {} : BUILTIN_FIXTURES), ...custom.fixtures }
+    // The built-in fixtures (some thousands of events) are built only here, not in every command that loads the CLI.
+    const builtin = opts.customOnly ? {} : (await import('../detectors/fixtures/index.ts')).BUILTIN_FIXTURES
+    const fixtures: Record<string, Fixtures> = { ...builtin, ...custom.fixtures }
     const writer = new EventWriter(storage, { maxRows: 20_000, maxWaitMs: 10, maxInflight: 2 })
     const events = Object.values(fixtures).flatMap((f) => [...f.fires, ...f.quiet].flatMap((c) => c.events))
     const report = await ingestNdjson(Readable.from([Buffer.from(events.map((e) => JSON.stringify(e)).join('\n'))]), new IngestPipeline(storage.client, writer), { source: 'file' })
