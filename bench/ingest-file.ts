@@ -17,13 +17,15 @@ const ONLY = process.argv.find((a) => a.startsWith('--only='))?.split('=')[1]
 const TARGET = 60_000
 const dir = tempDir('keywatch-bench-file-')
 
-async function writeFile(name: string, spanMs: number): Promise<string> {
+async function writeFile(name: string, spanMs: number, shuffled = false): Promise<string> {
   const file = join(dir, name)
   const out = createWriteStream(file)
   const now = Date.now()
   let buffer = ''
   for (let i = 0; i < LINES; i++) {
-    buffer += JSON.stringify(usageEvent(i, { keys: 10_000, accounts: 500, from: now - spanMs, to: now - 60_000 })) + '\n'
+    // Shuffled: the same events in an order that jumps across the whole span (999,983 is prime: a permutation).
+    const j = shuffled ? (i * 999_983) % LINES : i
+    buffer += JSON.stringify(usageEvent(j, { keys: 10_000, accounts: 500, from: now - spanMs, to: now - 60_000 })) + '\n'
     if (buffer.length >= 1 << 20) {
       if (!out.write(buffer)) await once(out, 'drain')
       buffer = ''
@@ -88,8 +90,10 @@ const fmt = (n: number) => Math.round(n).toLocaleString('en').padStart(9)
 let exact = true
 try {
   const runs: [string, string][] = []
-  if (ONLY !== 'history') runs.push(['events of the last hour', await writeFile('recent.ndjson', 3_600_000)])
-  if (ONLY !== 'recent') runs.push(['spread over 30 days', await writeFile('history.ndjson', 30 * 86_400_000)])
+  if (ONLY === undefined || ONLY === 'recent') runs.push(['events of the last hour', await writeFile('recent.ndjson', 3_600_000)])
+  if (ONLY === undefined || ONLY === 'history') runs.push(['spread over 30 days', await writeFile('history.ndjson', 30 * 86_400_000)])
+  const SHUFFLED_DAYS = Number(process.argv.find((a) => a.startsWith('--days='))?.split('=')[1] ?? 30)
+  if (ONLY === 'shuffled') runs.push([`${SHUFFLED_DAYS} days, shuffled`, await writeFile('shuffled.ndjson', SHUFFLED_DAYS * 86_400_000, true)])
   console.log(`\nbench:ingest:file  keywatch ingest of ${LINES.toLocaleString('en')} key.usage lines (${(statSync(runs[0]![1]).size / 1e6).toFixed(0)} MB), 2 cores, embedded engine`)
   for (const [label, file] of runs) {
     const ref = await reference(file)
