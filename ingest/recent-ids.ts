@@ -115,10 +115,11 @@ export class RecentIds {
     return occurredAtMs >= this.horizonMs ? { stored: false } : undefined
   }
 
-  /** Records ids the engine acknowledged (or that the engine said were stored). */
-  stored(type: string, rows: readonly { eventId: string; occurredAtMs: number }[]): void {
+  /** Records ids the engine acknowledged (or that the engine said were stored): `rows[from..to)`. */
+  stored(type: string, rows: readonly { eventId: string; occurredAtMs: number }[], from = 0, to = rows.length): void {
     const state = STORED + this.typeIndex(type)
-    for (const r of rows) {
+    for (let i = from; i < to; i++) {
+      const r = rows[i]!
       // Below the horizon the index keeps nothing: its answers there come from the engine anyway.
       if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key)) continue
       const slot = this.find()

@@ -96,6 +96,40 @@ describe('the recent-id index', () => {
   })
 })
 
+describe('batches larger than a slice of the in-memory work', () => {
+  // The writer looks ids up and records them in slices of 8,192, with a turn of the event loop between slices (so an
+  // API request never waits for a whole batch): batches that overlap and interleave stay exact.
+  it('stores each of 35,000 ids once across three overlapping batches of 20,000-30,000 in flight together', async () => {
+    const index = new RecentIds(storage.client, 100_000)
+    const writer = new EventWriter(storage, { maxRows: 20_000, maxWaitMs: 5, maxInflight: 2, recentIds: index, onFlush: (_, f) => void flushes.push(f.rows) })
+    const flushes: number[] = []
+    const big = (from: number, to: number) =>
+      Array.from({ length: to - from }, (_, k) => {
+        const i = from + k
+        const e = { ...usageEvent(i, { keys: 50, accounts: 5 }), key_id: `key_Sliced${i % 13}`, event_id: `00000000-0000-4000-9000-${String(i).padStart(12, '0')}`, occurred_at: new Date(now - 50 * 60_000 + k * 40).toISOString() }
+        return toRow('key.usage', e as never)
+      })
+    const byId = new Map<number, Row>()
+    const batch = (from: number, to: number) => big(from, to).map((r, k) => byId.get(from + k) ?? (byId.set(from + k, r), r))
+    const before = await stored()
+    let turns = 0
+    const ticker = setInterval(() => turns++, 1)
+    const results = await Promise.all([writer.write('key_usage', batch(0, 20_000)), writer.write('key_usage', batch(10_000, 30_000)), writer.write('key_usage', batch(5_000, 35_000))])
+    clearInterval(ticker)
+    expect(results.reduce((n, r) => n + r.stored, 0)).toBe(35_000)
+    expect(results.reduce((n, r) => n + r.duplicates, 0)).toBe(70_000 - 35_000)
+    expect(results.flatMap((r) => r.conflicts)).toEqual([])
+    expect(await stored()).toBe(before + 35_000)
+    expect(await count(storage, "SELECT sum(requests) AS n FROM key_usage_hourly WHERE key_id LIKE 'key_Sliced%'")).toBe(35_000)
+    for (const i of [0, 8_191, 8_192, 19_999, 20_000, 34_999]) expect(index.lookup(byId.get(i)!.eventId, byId.get(i)!.occurredAtMs)).toMatchObject({ stored: true })
+    expect(turns).toBeGreaterThan(0)
+    expect(flushes).toEqual([20_000, 20_000, 30_000]) // three batches, each looked up while the one before it was in flight
+    // A redelivery of all of it is all duplicates, from memory.
+    expect(await writer.write('key_usage', batch(0, 35_000))).toMatchObject({ stored: 0, duplicates: 35_000 })
+    expect(await stored()).toBe(before + 35_000)
+  })
+})
+
 describe('the recent-id table', () => {
   // Against a plain Map holding the same ids: many collisions (a small table), ids in doubt settled either way,
   // and evictions by minute with backward-shift deletion, over 200,000 random operations.
