@@ -399,7 +399,8 @@ export class EventWriter {
         // Earlier batches are settled; what is still unsettled is claimed by later ones: theirs to write.
         state.unsettled.delete(mine)
         const claimedLater = [...state.unsettled]
-        const known = await this.withRetries(() => this.knownIds(rows), `looking up ${table} event ids`)
+        // In one go: this batch's claims are withdrawn meanwhile, so no later batch may start its lookup in between.
+        const known = await this.withRetries(() => this.knownIds(rows, false), `looking up ${table} event ids`)
         mine.rows = rows // with `fresh` refilled at once: a later batch reading these claims sees them whole
         classify(known, claimedLater)
         state.unsettled.add(mine)
@@ -510,16 +511,17 @@ export class EventWriter {
    * Which of these events are stored already, by event_id alone, with the stored version's time and type: from the
    * recent-id index where it knows, from the engine for the rest.
    */
-  private async knownIds(rows: Row[]): Promise<Map<string, { at: number; type: string }>> {
+  private async knownIds(rows: Row[], inSlices = true): Promise<Map<string, { at: number; type: string }>> {
     const index = this.options.recentIds
     if (!index) return this.storedIds(rows)
     await index.ready()
     const found = new Map<string, { at: number; type: string }>()
     const ask: Row[] = []
     // Between slices other batches record what they stored: each is among this batch's claims ahead (taken before
-    // this lookup), and any id recorded meanwhile is one the index answers for as stored.
+    // this lookup), and any id recorded meanwhile is one the index answers for as stored. Later batches wait for
+    // this lookup, and see this batch's claims.
     for (let i = 0; i < rows.length; i++) {
-      if (i > 0 && i % SLICE_ROWS === 0) await nextTurn()
+      if (inSlices && i > 0 && i % SLICE_ROWS === 0) await nextTurn()
       const r = rows[i]!
       const answer = index.lookup(r.eventId, r.occurredAtMs)
       if (answer === undefined) ask.push(r)
