@@ -246,9 +246,14 @@ describe('what keywatch did, for an auditor of one account', () => {
     const rows = readFileSync(join(out, 'acct3.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
     expect(m.rows).toBe(rows.length)
     expect(rows.every((r) => r.account_id === leaked.account_id)).toBe(true)
-    expect(rows.map((r) => `${r.source}:${r.action}`)).toEqual(['key_lifecycle:created', 'leak_report:leak.reported', 'keywatch:key.revoke'])
+    // The failed revoke is tried again (at most 3 attempts in all) when its finding fires again: the leak detector's
+    // run each minute may fall inside this test, so there may be one attempt or more, each in the log.
+    const attempts = rows.length - 2
+    expect(attempts).toBeGreaterThanOrEqual(1)
+    expect(attempts).toBeLessThanOrEqual(3)
+    expect(rows.map((r) => `${r.source}:${r.action}`)).toEqual(['key_lifecycle:created', 'leak_report:leak.reported', ...Array(attempts).fill('keywatch:key.revoke')])
     expect(rows[1]).toMatchObject({ actor: 'github', key_prefix: 'sk_live_Exp3' })
-    expect(rows[2]).toMatchObject({ actor: 'keywatch', target: leaked.key_id, key_prefix: 'sk_live_Exp3', outcome: 'failed' })
+    for (const attempt of rows.slice(2)) expect(attempt).toMatchObject({ actor: 'keywatch', target: leaked.key_id, key_prefix: 'sk_live_Exp3', outcome: 'failed' })
     const text = readFileSync(join(out, 'acct3.ndjson'), 'utf8')
     expect(text).not.toContain(LEAKED_SECRET)
     expect(text).not.toContain(sha256(LEAKED_SECRET)) // at most the hash's first 12 characters
@@ -263,10 +268,15 @@ describe('what keywatch did, for an auditor of one account', () => {
 
     const a = await exportTo('acct3-actions.csv', 'actions', 'csv', { account: leaked.account_id, to: end })
     const lines = readFileSync(join(out, 'acct3-actions.csv'), 'utf8').trim().split('\n')
-    expect(a.rows).toBe(1)
+    // Every attempt so far (a retry may have come since the security log was exported).
+    expect(a.rows).toBeGreaterThanOrEqual(attempts)
+    expect(a.rows).toBeLessThanOrEqual(3)
+    expect(lines).toHaveLength(a.rows + 1)
     expect(lines[0]).toMatch(/^"requested_at","action_id","command_id","command","account_id"/)
-    expect(lines[1]).toContain('"auto:leak.public_report"')
-    expect(lines[1]).toContain(`"${leaked.key_id}"`)
+    for (const line of lines.slice(1)) {
+      expect(line).toContain('"auto:leak.public_report"')
+      expect(line).toContain(`"${leaked.key_id}"`)
+    }
     expect(await verifyExport(join(out, 'acct3-actions.csv'), join(out, 'acct3-actions.csv.manifest.json'))).toMatchObject({ ok: true })
     const refused = await api.inject({ method: 'GET', url: `/v1/exports/actions?from=${from}&to=${to}&actor=keywatch`, headers: await bearer(rt, 'auditor') })
     expect(refused.statusCode).toBe(400)
