@@ -16,32 +16,42 @@ const EMPTY = 0
 const MAYBE = 1
 const STORED = 2
 const LOAD_FACTOR = 0.75
+/** The usual answer, shared: one object per lookup of 100,000 would be garbage to collect. */
+const NOT_STORED: IdAnswer = Object.freeze({ stored: false })
+
+/** Each ASCII character's value as a lowercase hex digit, or -1. */
+const HEX_VALUE = new Int8Array(128).fill(-1)
+for (let i = 0; i < 16; i++) HEX_VALUE['0123456789abcdef'.charCodeAt(i)] = i
+
+/** Set by `hexDigits` when a character was not a lowercase hex digit. */
+let notHex = 0
+
+/**
+ * `word` followed by the hex digits of id[from, to). A table and no branch per character: digits and letters come in
+ * no order a branch could predict (3 times faster than comparing each character's range, on random UUIDs).
+ */
+function hexDigits(id: string, from: number, to: number, word: number): number {
+  for (let i = from; i < to; i++) {
+    const c = id.charCodeAt(i)
+    const v = HEX_VALUE[c & 127]!
+    notHex |= (v >> 31) | (c >> 7)
+    word = (word << 4) | (v & 15)
+  }
+  return word
+}
 
 /**
  * The 128 bits of a UUID in its canonical text form (as decode leaves it: lowercase, hyphenated) into `out`, or
  * false when it is not one (never for a valid event; such an id is then simply not indexed).
  */
 function uuidWords(id: string, out: Int32Array): boolean {
-  if (id.length !== 36) return false
-  let word = 0
-  let w = 0
-  let digits = 0
-  for (let i = 0; i < 36; i++) {
-    const c = id.charCodeAt(i)
-    if (i === 8 || i === 13 || i === 18 || i === 23) {
-      if (c !== 45) return false
-      continue
-    }
-    const v = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1
-    if (v < 0) return false
-    word = (word << 4) | v
-    if (++digits === 8) {
-      out[w++] = word
-      word = 0
-      digits = 0
-    }
-  }
-  return true
+  if (id.length !== 36 || id.charCodeAt(8) !== 45 || id.charCodeAt(13) !== 45 || id.charCodeAt(18) !== 45 || id.charCodeAt(23) !== 45) return false
+  notHex = 0
+  out[0] = hexDigits(id, 0, 8, 0)
+  out[1] = hexDigits(id, 14, 18, hexDigits(id, 9, 13, 0))
+  out[2] = hexDigits(id, 24, 28, hexDigits(id, 19, 23, 0))
+  out[3] = hexDigits(id, 28, 36, 0)
+  return notHex === 0
 }
 
 /**
@@ -112,7 +122,7 @@ export class RecentIds {
       const s = this.state[slot]!
       return s === MAYBE ? undefined : { stored: true, at: this.atMs[slot]!, type: this.types[s - STORED]! }
     }
-    return occurredAtMs >= this.horizonMs ? { stored: false } : undefined
+    return occurredAtMs >= this.horizonMs ? NOT_STORED : undefined
   }
 
   /** Records ids the engine acknowledged (or that the engine said were stored): `rows[from..to)`. */
@@ -123,7 +133,7 @@ export class RecentIds {
       // Below the horizon the index keeps nothing: its answers there come from the engine anyway.
       if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key)) continue
       const slot = this.find()
-      if (slot < 0) this.add(r.occurredAtMs, state)
+      if (slot < 0) this.add(r.occurredAtMs, state, -slot - 1)
       else if (this.state[slot] === MAYBE) {
         // the first stored version stays: a maybe becomes it, a stored one is kept
         this.moveMinute(this.atMs[slot]!, r.occurredAtMs)
@@ -140,8 +150,9 @@ export class RecentIds {
    */
   inDoubt(rows: readonly { eventId: string; occurredAtMs: number }[]): void {
     for (const r of rows) {
-      if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key) || this.find() >= 0) continue
-      this.add(r.occurredAtMs, MAYBE)
+      if (r.occurredAtMs < this.horizonMs || !uuidWords(r.eventId, this.key)) continue
+      const slot = this.find()
+      if (slot < 0) this.add(r.occurredAtMs, MAYBE, -slot - 1)
     }
     this.evict()
   }
@@ -177,23 +188,25 @@ export class RecentIds {
     return (h >>> 0) % this.slots
   }
 
-  /** The slot holding `this.key`, or -1. */
+  /** The slot holding `this.key`; if none, -1 - the empty slot where it would go. */
   private find(): number {
     const k = this.key
     const words = this.words
     for (let slot = this.home(k[0]!, k[1]!, k[2]!, k[3]!); ; slot = slot + 1 === this.slots ? 0 : slot + 1) {
-      if (this.state[slot] === EMPTY) return -1
+      if (this.state[slot] === EMPTY) return -1 - slot
       const o = slot * 4
       if (words[o] === k[0] && words[o + 1] === k[1] && words[o + 2] === k[2] && words[o + 3] === k[3]) return slot
     }
   }
 
-  /** Adds `this.key` (known absent). Eviction keeps the table at most at its load factor. */
-  private add(at: number, state: number): void {
+  /** Adds `this.key` (known absent) in `slot`, the empty one `find` gave. Eviction keeps the table at most at its load factor. */
+  private add(at: number, state: number, slot: number): void {
     const k = this.key
-    let slot = this.home(k[0]!, k[1]!, k[2]!, k[3]!)
-    while (this.state[slot] !== EMPTY) slot = slot + 1 === this.slots ? 0 : slot + 1
-    this.words.set(k, slot * 4)
+    const o = slot * 4
+    this.words[o] = k[0]!
+    this.words[o + 1] = k[1]!
+    this.words[o + 2] = k[2]!
+    this.words[o + 3] = k[3]!
     this.atMs[slot] = at
     this.state[slot] = state
     this.count++

@@ -1,6 +1,7 @@
 // The duplicate decision from the in-memory index of recent ids (issue 12), on the real engine: exact above its
 // horizon, the engine asked below it, rebuilt from event_ids, and never fooled by an insert that failed after
 // landing.
+import { randomUUID } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Storage } from '../clickhouse/client.ts'
 import { usageEvent } from '../contract/synthetic.ts'
@@ -34,6 +35,26 @@ afterAll(async () => {
 })
 
 describe('the recent-id index', () => {
+  it('tells apart ids that differ in any one hex digit, and indexes only canonical lowercase UUIDs', async () => {
+    const index = new RecentIds(storage.client, 20_000)
+    await index.ready()
+    const ids = Array.from({ length: 2_000 }, () => randomUUID())
+    index.stored('key.usage', ids.map((eventId) => ({ eventId, occurredAtMs: now })))
+    for (const id of ids) expect(index.lookup(id, now)).toMatchObject({ stored: true, at: now })
+    // every digit of some ids changed in turn: none of those is stored
+    for (const id of ids.slice(0, 50)) {
+      for (let i = 0; i < 36; i++) {
+        if (id[i] === '-') continue
+        const other = `${id.slice(0, i)}${id[i] === '0' ? '1' : '0'}${id.slice(i + 1)}`
+        expect(index.lookup(other, now), other).toEqual({ stored: false })
+      }
+    }
+    // Not canonical: not indexed, so the engine is asked (undefined), whatever was stored under them.
+    const odd = [ids[0]!.toUpperCase(), ids[1]!.replace('-', ''), `${ids[2]!.slice(0, 35)}g`, `${ids[3]!.slice(0, 35)}\u00b0`, `${ids[4]!.slice(0, 35)}\u0130`, `${ids[5]}0`]
+    index.stored('key.usage', odd.map((eventId) => ({ eventId, occurredAtMs: now })))
+    for (const id of odd) expect(index.lookup(id, now), id).toBeUndefined()
+  })
+
   it('answers from memory above its horizon, sends older events to the engine, and stores each id once', async () => {
     const index = new RecentIds(storage.client, 2_000)
     const writer = writerWith(index)
@@ -176,5 +197,26 @@ describe('the recent-id table', () => {
     }
     expect(index.size).toBeLessThanOrEqual(capacity)
     expect(index.horizon).toBeGreaterThan(1_700_000_000_000)
+  })
+
+  it('keeps the first version of an id within a batch and against a batch in flight, and names each conflict', async () => {
+    // (last: the tests above count what the store holds)
+    const writer = writerWith(new RecentIds(storage.client, 100_000))
+    const base = 7_000
+    const first = row(base)
+    const changed = toRow('key.usage', { ...usageEvent(base, { keys: 50, accounts: 5 }), event_id: first.eventId, occurred_at: new Date(first.occurredAtMs).toISOString(), status: 503 } as never)
+    const moved = toRow('key.usage', { ...usageEvent(base, { keys: 50, accounts: 5 }), event_id: first.eventId, occurred_at: new Date(first.occurredAtMs + 1_000).toISOString() } as never)
+    // 2,000 rows (the writer's maxRows): this batch goes at once; the next write's rows make a batch of their own.
+    const one = writer.write('key_usage', [...range(base, base + 1_997), changed, row(base + 1), row(base + 1_997)])
+    const two = writer.write('key_usage', [moved, row(base + 5), row(base + 2_000), row(base + 2_000)])
+    const [r1, r2] = await Promise.all([one, two])
+    expect(r1).toMatchObject({ stored: 1_998, duplicates: 2, rejected: [] })
+    expect(r1.conflicts).toEqual([{ index: 1_997, detail: expect.stringContaining('same batch with other contents') }])
+    expect(r2).toMatchObject({ stored: 1, duplicates: 3, rejected: [] })
+    // in flight or stored by then, depending on timing: either way the first version stays
+    expect(r2.conflicts).toEqual([{ index: 0, detail: expect.stringMatching(/being stored with occurred_at|stored before/) }])
+    const ids = [first.eventId, row(base + 1).eventId, row(base + 5).eventId, row(base + 2_000).eventId]
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage WHERE event_id IN {ids:Array(UUID)}', { ids })).toBe(4)
+    expect(await count(storage, 'SELECT count() AS n FROM key_usage WHERE event_id = {id:UUID} AND status != 503 AND occurred_at = fromUnixTimestamp64Milli({at:Int64})', { id: first.eventId, at: first.occurredAtMs })).toBe(1)
   })
 })
