@@ -113,19 +113,24 @@ export class ContractGenerator {
     else if (r < 0.8) ms = now - 60_000 - this.random() * 3_600_000
     else ms = Date.UTC(2000, 0, 1) + (this.random() * 2 - 1) * 2000 * 365.25 * DAY
     ms = Math.floor(ms)
-    if (Math.abs(ms - (now - keep)) < DAY) ms -= 2 * DAY // never on the retention edge
-    if (Math.abs(ms - (now + FUTURE_SKEW_MS)) < 120_000) ms += 240_000
     const d = new Date(0)
     d.setTime(ms)
-    if (d.getUTCFullYear() < 0 || d.getUTCFullYear() > 9999) return this.time(now, type)
     const leap = this.random() < 0.03
-    const digits = Math.floor(this.random() * 7) // 0-6 fraction digits
-    const offsetMin = leap || this.random() < 0.5 ? 0 : Math.round((this.random() * 2 - 1) * (23 * 60 + 59))
     if (leap) {
-      // 23:59:60 UTC of the instant's day: the last second of it.
+      // 23:59:60 UTC of the instant's day: the last second of it. Before the edges are kept clear below: an event of
+      // the last hour made a leap second lands minutes from now in the hour before midnight UTC.
       d.setUTCHours(23, 59, 59, 999)
       ms = d.getTime()
     }
+    // Never on the retention edge, nor just past the future-skew edge: the test decodes minutes after `now`, and an
+    // event there would come in under the edge by then. Whole days keep a leap second's time of day.
+    if (Math.abs(ms - (now - keep)) < DAY) ms -= 2 * DAY
+    const edge = now + FUTURE_SKEW_MS
+    if (ms > edge - 120_000 && ms < edge + 30 * 60_000) ms += leap ? DAY : 40 * 60_000
+    d.setTime(ms)
+    if (d.getUTCFullYear() < 0 || d.getUTCFullYear() > 9999) return this.time(now, type)
+    const digits = Math.floor(this.random() * 7) // 0-6 fraction digits
+    const offsetMin = leap || this.random() < 0.5 ? 0 : Math.round((this.random() * 2 - 1) * (23 * 60 + 59))
     const local = new Date(ms + offsetMin * 60_000)
     const pad = (n: number, w = 2) => String(n).padStart(w, '0')
     const msPart = pad(local.getUTCMilliseconds(), 3)
