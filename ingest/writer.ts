@@ -127,24 +127,31 @@ interface TableState {
  */
 class Claims {
   /** 1 + the row claiming each slot's id; 0: empty. Linear probing, at most half full. */
-  private readonly table: Int32Array
+  private table: Int32Array
   /** Each slot's id hash: a probe past another id compares numbers, not the strings of rows elsewhere in memory. */
-  private readonly hashes: Int32Array
+  private hashes: Int32Array
   /** The claimed rows' indexes into `rows`, in the order they were claimed (the insert's order). */
   order: number[] = []
   /** 1 for each row of `rows` that is its id's claim. */
   claimed: Uint8Array
 
   constructor(public rows: Row[]) {
-    this.table = new Int32Array(2 ** Math.ceil(Math.log2(2 * rows.length + 2)))
+    this.table = Claims.tableFor(rows)
     this.hashes = new Int32Array(this.table.length)
     this.claimed = new Uint8Array(rows.length)
   }
 
-  /** Forgets every claim; `rows` are the batch's rows from now on (never more than at first). */
+  private static tableFor(rows: Row[]): Int32Array {
+    return new Int32Array(2 ** Math.ceil(Math.log2(2 * rows.length + 2)))
+  }
+
+  /** Forgets every claim; `rows` are the batch's rows from now on (a fenced batch's are fewer). */
   clear(rows: Row[]): void {
     this.rows = rows
-    this.table.fill(0)
+    if (2 * rows.length + 2 > this.table.length) {
+      this.table = Claims.tableFor(rows)
+      this.hashes = new Int32Array(this.table.length)
+    } else this.table.fill(0)
     this.order = []
     this.claimed = new Uint8Array(rows.length)
   }
