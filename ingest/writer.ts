@@ -178,7 +178,7 @@ class Claims {
   }
 }
 
-/** Seeds the claims' hash per process, so no fixed set of ids can be made to collide. */
+/** Seeds the claims' hash per process: ids that happen to collide in one process do not in the next. */
 const ID_HASH_SEED = randomBytes(4).readInt32LE()
 
 /**
