@@ -174,8 +174,8 @@ describe('valid events from the JSON Schemas', () => {
       expect(dead).toBeGreaterThanOrEqual(expected(events).rejected)
     } finally {
       await admin.disconnect()
+      keywatch.child.kill('SIGTERM')
     }
-    keywatch.child.kill('SIGTERM')
     expect(await keywatch.exited).toBe(0)
     expect(keywatch.logs()).not.toMatch(/batch not stored/)
     await closeRuntime() // one data directory per process: the file and HTTP tests' runtime goes first (they ran)

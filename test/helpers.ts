@@ -71,13 +71,24 @@ export function runCli(args: string[], env: Record<string, string>, input?: stri
   })
 }
 
+// A failing test must not leave a keywatch holding a data directory or a consumer group (one was found still
+// running 50 minutes after a failed CI run): every one started here is killed when this test process ends, also when
+// vitest ends it with SIGTERM, which runs no 'exit' handlers.
+const running = new Set<ChildProcess>()
+const killRunning = () => {
+  for (const child of running) child.kill('SIGKILL')
+}
+process.once('exit', killRunning)
+process.once('SIGTERM', () => {
+  killRunning()
+  process.kill(process.pid, 'SIGTERM') // then as if this handler were not there
+})
+
 /** Starts `keywatch start` and resolves once its log says it started. */
 export async function startKeywatch(env: Record<string, string>, args = ['start'], startTimeoutMs = 60_000): Promise<{ child: ChildProcess; url: string; logs: () => string; exited: Promise<number | null> }> {
   const child = spawn(NODE, [BIN, ...args], { env: runtimeEnv(cleanEnv({ PORT: '0', ...env })), cwd: repoRoot })
-  // A failing test must not leave a keywatch holding a data directory or a consumer group.
-  const killOnExit = () => child.kill('SIGKILL')
-  process.once('exit', killOnExit)
-  child.once('exit', () => process.off('exit', killOnExit))
+  running.add(child)
+  child.once('exit', () => running.delete(child))
   let logs = ''
   child.stdout!.on('data', (d) => (logs += d))
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)))
