@@ -30,7 +30,10 @@ export class ClusterAuditTrail extends AuditTrail {
 
   /** On the leader: followers' entries, in the order they were sent, each once. */
   async appendForwarded(messages: ControlMessage[]): Promise<void> {
-    const audits = messages.filter((m): m is Extract<ControlMessage, { kind: 'audit' }> => m.kind === 'audit')
+    // A producer's retry can put a message in the topic twice, often in the same batch: the first copy counts.
+    const byId = new Map<string, AuditMessage>()
+    for (const m of messages) if (m.kind === 'audit' && !byId.has(m.id)) byId.set(m.id, m)
+    const audits = [...byId.values()]
     if (!audits.length) return
     const since = Math.min(...audits.map((m) => m.at))
     const seen = new Set(
@@ -45,7 +48,12 @@ export class ClusterAuditTrail extends AuditTrail {
     )
     const fresh = audits.filter((m) => !seen.has(m.id))
     // Appended with the leader's fence: if it stepped down meanwhile this throws, nothing is committed, and the next
-    // leader handles the same messages.
-    await Promise.all(fresh.map((m) => super.record({ ...m.entry, detail: { ...m.entry.detail, origin: { instance: m.from, id: m.id } } }, m.at)))
+    // leader handles the same messages. Settled, not raced: the handler returns (and the batch may be handed out
+    // again) only once none of its entries can still be appended.
+    const outcomes = await Promise.allSettled(fresh.map((m) => super.record({ ...m.entry, detail: { ...m.entry.detail, origin: { instance: m.from, id: m.id } } }, m.at)))
+    const failed = outcomes.find((o) => o.status === 'rejected')
+    if (failed) throw failed.reason
   }
 }
+
+type AuditMessage = Extract<ControlMessage, { kind: 'audit' }>

@@ -3,11 +3,11 @@
 // over, and the chain is whole (no gap, no fork, verify-audit OK) with every acknowledged entry in it exactly once.
 import { randomUUID } from 'node:crypto'
 import pino from 'pino'
-import { afterAll, describe, expect, inject, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import type { Storage } from '../clickhouse/client.ts'
 import { queryRows } from '../clickhouse/client.ts'
 import { ClusterAuditTrail } from '../cluster/audit.ts'
-import { KafkaLeadership } from '../cluster/leadership.ts'
+import { KafkaLeadership, SoloLeadership, type ControlMessage } from '../cluster/leadership.ts'
 import { openTestStorage, tempDir } from './helpers.ts'
 import { waitFor } from './kafka/admin.ts'
 
@@ -26,15 +26,17 @@ function member(name: string, storage: Storage): { leadership: KafkaLeadership; 
 }
 
 describe('the audit chain with several instances', () => {
+  beforeAll(async () => {
+    storage = await openTestStorage(tempDir())
+  })
   afterAll(async () => {
     for (const m of members) await m.abort().catch(() => undefined)
     await storage?.close()
   })
 
   it('has one writer; followers reach it; a killed leader leaves no gap and no duplicate', { timeout: 180_000 }, async () => {
-    storage = await openTestStorage(tempDir())
-    const a = member('a', storage)
-    const b = member('b', storage)
+    const a = member('a', storage!)
+    const b = member('b', storage!)
     await a.leadership.start()
     await b.leadership.start()
     const [leader, follower] = await waitFor('a leader', async () => (a.leadership.isLeader() ? [a, b] : b.leadership.isLeader() ? [b, a] : undefined), 60_000)
@@ -58,10 +60,31 @@ describe('the audit chain with several instances', () => {
       return acknowledged.every((t) => inChain.has(t)) || undefined
     }, 60_000)
     const all = await targets()
-    expect(all.length).toBe(new Set(all).size) // none twice
+    // (A producer's retry put a dying leader's forwarded entries in the topic twice, and both copies were appended.)
+    const twice = await queryRows<{ seq: string; at: string; target: string; detail: string }>(storage!.client, `SELECT seq, toString(at) AS at, target, detail FROM audit_trail
+      WHERE target IN (SELECT target FROM audit_trail GROUP BY target HAVING count() > 1) ORDER BY target, seq`)
+    expect(twice, 'entries appended twice').toEqual([]) // none twice
+    expect(all.length).toBe(new Set(all).size)
     const verdict = await follower.audit.verify()
     expect(verdict).toMatchObject({ ok: true })
-    const forwarded = await queryRows<{ n: number }>(storage.client, "SELECT count() AS n FROM audit_trail WHERE JSONExtractString(detail, 'origin', 'id') != ''")
+    const forwarded = await queryRows<{ n: number }>(storage!.client, "SELECT count() AS n FROM audit_trail WHERE JSONExtractString(detail, 'origin', 'id') != ''")
     expect(Number(forwarded[0]!.n)).toBeGreaterThanOrEqual(20) // the follower's first 20 went through the topic
+  })
+
+  it('appends a forwarded entry once though the topic holds it twice, in one batch or again after a failover', async () => {
+    const audit = new ClusterAuditTrail(storage!.client, new SoloLeadership(pino({ level: 'silent' })))
+    const message = (target: string): ControlMessage => ({
+      kind: 'audit',
+      id: randomUUID(),
+      from: 'kwa-x',
+      at: Date.now(),
+      entry: { actor: 'token:test', action: 'finding.acknowledge', target, request_id: target, outcome: 'ok' },
+    })
+    const [x, y, z] = ['twice-x', 'twice-y', 'twice-z'].map(message)
+    await audit.appendForwarded([x!, y!, x!, z!, y!]) // a producer's retries land in the same batch
+    await audit.appendForwarded([y!, z!, x!]) // the batch handed out again: its commit was lost with the leader
+    const rows = await queryRows<{ target: string }>(storage!.client, "SELECT target FROM audit_trail WHERE startsWith(target, 'twice-') ORDER BY seq")
+    expect(rows.map((r) => r.target)).toEqual(['twice-x', 'twice-y', 'twice-z'])
+    expect(await audit.verify()).toMatchObject({ ok: true })
   })
 })
