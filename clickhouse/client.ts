@@ -291,7 +291,8 @@ function identifier(name: string): string {
   return `\`${name}\``
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process runs with this pid (one of another user's counts: it cannot be signalled, yet it runs). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true

@@ -8,7 +8,7 @@ import pino from 'pino'
 import { runtimeEnv } from '../bin/runtime-env.js'
 import type { Role } from '../api/tokens.ts'
 import { openRuntime, type Runtime } from '../app/runtime.ts'
-import { openStorage, queryRows, type Storage } from '../clickhouse/client.ts'
+import { isAlive, openStorage, queryRows, type Storage } from '../clickhouse/client.ts'
 import { migrate } from '../clickhouse/migrate.ts'
 import { parseConfig } from '../config/config.ts'
 
@@ -39,15 +39,6 @@ export function removeTempDirsOfEndedProcesses(): void {
   for (const name of readdirSync(tmpdir())) {
     const pid = Number(/^keywatch-.*?-(\d+)-[A-Za-z0-9]{6}$/.exec(name)?.[1])
     if (pid && pid !== process.pid && !isAlive(pid)) rmSync(join(tmpdir(), name), { recursive: true, force: true })
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 
