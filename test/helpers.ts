@@ -148,8 +148,9 @@ export async function closedOutput(child: ChildProcess): Promise<{ code: number 
 }
 
 /** A whole keywatch runtime in this process on a fresh data directory (services not started). */
+/** A runtime on a fresh data directory; its log is silent unless KW_TEST_LOG names a level (KW_TEST_LOG=warn). */
 export function openTestRuntime(env: Record<string, string> = {}): Promise<Runtime> {
-  return openRuntime(parseConfig({ KEYWATCH_DATA_DIR: tempDir(), LOG_LEVEL: 'silent', ...env }), pino({ level: 'silent' }))
+  return openRuntime(parseConfig({ KEYWATCH_DATA_DIR: tempDir(), LOG_LEVEL: 'silent', ...env }), pino({ level: process.env.KW_TEST_LOG ?? 'silent' }))
 }
 
 /** Authorization headers of a new API token with this role (named `name`: its actor is `token:<name>`). */
